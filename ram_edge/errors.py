@@ -1,0 +1,33 @@
+"""One exception family for every user-facing failure of ram-edge."""
+
+
+class RamEdgeError(Exception):
+    """Base class: the message names the bad input, the valid values and the fix."""
+
+
+class ImageError(RamEdgeError):
+    """An image could not be read or decoded."""
+
+
+class LabelError(RamEdgeError):
+    """A tag list, Chinese list, threshold file or tag subset is invalid."""
+
+
+class CheckpointError(RamEdgeError):
+    """A checkpoint file or checkpoint directory is invalid or does not match its labels."""
+
+
+class ConfigError(RamEdgeError):
+    """A model or training configuration is invalid."""
+
+
+class BundleError(RamEdgeError):
+    """An exported bundle is missing files, tampered with, or of an unknown format version."""
+
+
+class RuntimeUnavailableError(RamEdgeError):
+    """A runtime or device was asked for that is not installed or not present."""
+
+
+class ExportError(RamEdgeError):
+    """An export failed or did not reproduce the source model."""
