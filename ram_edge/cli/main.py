@@ -1,0 +1,62 @@
+"""`ram-edge` command line: a thin group that wires one module per command.
+
+User errors (`RamEdgeError`) become one line on stderr and exit code 2; set RAM_EDGE_DEBUG=1 to
+see the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import RamEdgeError
+
+# command name -> "module:function"; modules import their heavy dependencies lazily.
+COMMANDS = {
+    "tag": "ram_edge.cli.tag:tag",
+    "convert": "ram_edge.cli.convert:convert",
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or help lists it)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RamEdgeError as exc:
+            if os.environ.get("RAM_EDGE_DEBUG"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ram-edge")
+def cli() -> None:
+    """Recognize Anything (RAM, RAM++) image tagging on edge devices."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="ram-edge")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

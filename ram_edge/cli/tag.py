@@ -1,0 +1,62 @@
+"""`ram-edge tag`: tag images and folders with a checkpoint directory or bundle."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def _human(result, chinese: bool) -> str:
+    if not result.tags:
+        return f"{result.image}: (no tags)"
+    names = [f"{t.tag}{' (' + t.zh + ')' if chinese and t.zh else ''} {t.score:.2f}" for t in result.tags]
+    return f"{result.image}: " + ", ".join(names)
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model", required=True, envvar="RAM_EDGE_MODEL", type=click.Path(), help="Checkpoint directory or bundle [env RAM_EDGE_MODEL].")
+@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
+@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="One threshold for every tag instead of the per-tag ones.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="At most K tags per image (highest scores among those above threshold).")
+@click.option("--chinese", is_flag=True, help="Also print the Chinese tag names.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+@click.option("--scores-out", type=click.Path(dir_okay=False), default=None, help="Write the float32 probability matrix (images x tags) as .npy; NaN rows for failed images.")
+@click.option("--no-exif-transpose", is_flag=True, help="Do not apply the EXIF orientation (the official transform does not).")
+def tag(images, model, runtime, device, threads, threshold, top_k, chinese, batch_size, as_json, scores_out, no_exif_transpose) -> None:
+    """Tag IMAGES (files or folders, searched recursively)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ..fileio import atomic_file
+    from ..preprocess import iter_image_files
+    from ..tagger import Tagger
+
+    files = iter_image_files(images)
+    if not files:
+        raise click.UsageError(f"no image files found in: {', '.join(images)}")
+    tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads, exif_transpose=not no_exif_transpose)
+    sources = [str(f) for f in files]
+    with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None, leave=False) as bar:
+        results, probs = tagger.tag_many(sources, batch_size=batch_size, threshold=threshold, top_k=top_k, progress=bar)
+    failed = 0
+    for result in results:
+        if as_json:
+            click.echo(json.dumps(result.to_dict(chinese), ensure_ascii=False))
+        elif result.ok:
+            click.echo(_human(result, chinese))
+        if not result.ok:
+            failed += 1
+            if not as_json:
+                click.echo(f"error: {result.error}", err=True)
+    if scores_out:
+        with atomic_file(scores_out, "wb") as fh:
+            np.save(fh, probs.astype(np.float32))
+    if failed:
+        click.echo(f"{failed} of {len(results)} image(s) failed", err=True)
+        sys.exit(1)

@@ -1,0 +1,177 @@
+"""`Tagger`: the public API. One object = one model on one runtime; thread-safe `tag` calls."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .artifacts import ArtifactInfo, describe
+from .errors import RamEdgeError
+from .labels import LabelSet
+from .preprocess import load_image, preprocess
+
+ImageInput = Any  # str | Path | PIL.Image.Image | np.ndarray (uint8 HxWx3)
+
+
+@dataclass(frozen=True)
+class Tag:
+    """One fired tag."""
+
+    tag: str
+    score: float
+    zh: str | None = None
+
+    def to_dict(self, chinese: bool = False) -> dict[str, Any]:
+        """JSON-ready dictionary (with `zh` when asked and known)."""
+        data: dict[str, Any] = {"tag": self.tag, "score": round(self.score, 6)}
+        if chinese:
+            data["zh"] = self.zh
+        return data
+
+
+@dataclass
+class TagResult:
+    """Tags of one image (sorted by score), or the error that image raised."""
+
+    image: str | None
+    tags: list[Tag] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was tagged."""
+        return self.error is None
+
+    def to_dict(self, chinese: bool = False) -> dict[str, Any]:
+        """JSON-ready dictionary: {"image", "tags"} or {"image", "error"}."""
+        if self.error is not None:
+            return {"image": self.image, "error": self.error}
+        return {"image": self.image, "tags": [t.to_dict(chinese) for t in self.tags]}
+
+
+def _image_name(source: ImageInput) -> str | None:
+    return str(source) if isinstance(source, (str, Path)) else None
+
+
+class Tagger:
+    """Tag images with a RAM / RAM++ model through any registered runtime.
+
+    >>> tagger = Tagger.load("ram_plus_swin_large_384")          # doctest: +SKIP
+    >>> tagger.tag(["photo.jpg"])[0].tags                          # doctest: +SKIP
+    """
+
+    def __init__(self, info: ArtifactInfo, runtime, *, exif_transpose: bool = True, max_pixels: int | None = None) -> None:
+        self.info = info
+        self.runtime = runtime
+        self.labels: LabelSet = info.labels
+        self.exif_transpose = exif_transpose
+        self.max_pixels = max_pixels
+        self._lock = None if getattr(runtime, "thread_safe", False) else threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        runtime: str = "auto",
+        device: str | None = None,
+        *,
+        threads: int | None = None,
+        exif_transpose: bool = True,
+        max_pixels: int | None = None,
+    ) -> "Tagger":
+        """Open a checkpoint directory or bundle with the named runtime (`auto`: best installed)."""
+        from .runtimes import resolve_runtime
+
+        info = describe(path)
+        backend = resolve_runtime(runtime, info.format)
+        return cls(info, backend(info.path, device=device, threads=threads), exif_transpose=exif_transpose, max_pixels=max_pixels)
+
+    @property
+    def tags(self) -> list[str]:
+        """The model's tag names, in label-file order."""
+        return list(self.labels.tags)
+
+    def load_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Decode and preprocess images into one (N, 3, S, S) float32 batch (raises on a bad image)."""
+        batch = [
+            preprocess(load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels), self.info.preprocess)
+            for img in images
+        ]
+        return np.stack(batch) if batch else np.zeros((0, 3, self.info.preprocess.image_size, self.info.preprocess.image_size), np.float32)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) preprocessed batch -> (N, C) float32 probabilities."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.labels.tags)), np.float32)
+        if self._lock is None:
+            return self.runtime.run(batch)
+        with self._lock:
+            return self.runtime.run(batch)
+
+    def scores(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Probabilities (N, C) for images (paths, PIL images or uint8 arrays)."""
+        return self.predict(self.load_images(images))
+
+    def decode(
+        self, probs: np.ndarray, images: Sequence[ImageInput] | None = None, *, threshold: float | None = None, top_k: int | None = None
+    ) -> list[TagResult]:
+        """Turn probabilities into sorted tags using the per-tag (or one global) threshold."""
+        labels = self.labels if threshold is None else self.labels.with_threshold(threshold)
+        names = images if images is not None else [None] * len(probs)
+        results = []
+        for source, fired in zip(names, labels.decode(probs, top_k=top_k)):
+            tags = [Tag(labels.tags[i], float(p), labels.zh_name(i) if labels.tags_zh else None) for i, p in fired]
+            results.append(TagResult(_image_name(source), tags))
+        return results
+
+    def tag(
+        self, images: ImageInput | Iterable[ImageInput], *, threshold: float | None = None, top_k: int | None = None
+    ) -> list[TagResult]:
+        """Tag one image or many; raises on the first bad image (see `tag_many` for per-image errors)."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        return self.decode(self.scores(images), images, threshold=threshold, top_k=top_k)
+
+    def tag_many(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int = 8,
+        threshold: float | None = None,
+        top_k: int | None = None,
+        progress: Any = None,
+    ) -> tuple[list[TagResult], np.ndarray]:
+        """Tag images in batches, recording a per-image error instead of raising; returns
+        the results and the (N, C) probability matrix (NaN rows for failed images)."""
+        results: list[TagResult] = []
+        probs = np.full((len(images), len(self.labels.tags)), np.nan, dtype=np.float32)
+        step = max(1, batch_size)
+        for start in range(0, len(images), step):
+            chunk = list(images[start : start + step])
+            slots: list[TagResult | None] = [None] * len(chunk)
+            arrays, ok_rows = [], []
+            for offset, img in enumerate(chunk):
+                try:
+                    image = load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
+                    arrays.append(preprocess(image, self.info.preprocess))
+                    ok_rows.append(offset)
+                except RamEdgeError as exc:
+                    slots[offset] = TagResult(_image_name(img), error=str(exc))
+            if arrays:
+                chunk_probs = self.predict(np.stack(arrays))
+                probs[[start + r for r in ok_rows]] = chunk_probs
+                decoded = self.decode(chunk_probs, [chunk[r] for r in ok_rows], threshold=threshold, top_k=top_k)
+                for row, result in zip(ok_rows, decoded):
+                    slots[row] = result
+            results.extend(slots)  # type: ignore[arg-type]
+            if progress is not None:
+                progress.update(len(chunk))
+        return results, probs
+
+    def close(self) -> None:
+        """Release the runtime."""
+        self.runtime.close()

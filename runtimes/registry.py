@@ -1,0 +1,85 @@
+"""Backends register by name; `auto` picks the best installed one for an artifact kind.
+
+Entries are import strings resolved with importlib, so asking for one backend never imports
+another (and the core never imports torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ram_edge.errors import RuntimeUnavailableError
+
+from .base import Runtime
+
+# name -> "module:Class"; order is the `auto` preference among those that support a format.
+_REGISTRY: dict[str, str] = {
+    "trt": "ram_edge.runtimes.tensorrt_runtime:TensorRTRuntime",
+    "openvino": "ram_edge.runtimes.openvino_runtime:OpenVINORuntime",
+    "ort": "ram_edge.runtimes.ort_runtime:OrtRuntime",
+    "torch": "ram_edge.runtimes.torch_runtime:TorchRuntime",
+}
+# Which formats each backend accepts, known without importing it.
+_FORMATS: dict[str, tuple[str, ...]] = {
+    "trt": ("trt",),
+    "openvino": ("openvino", "onnx"),
+    "ort": ("onnx",),
+    "torch": ("checkpoint",),
+}
+# Extra that installs each backend, for error messages.
+_EXTRAS = {"trt": "trt", "openvino": "openvino", "ort": "ort", "torch": "torch"}
+
+
+def register(name: str, target: str, formats: tuple[str, ...], extra: str | None = None) -> None:
+    """Register a backend as 'module:Class' (used by plugins and tests)."""
+    _REGISTRY[name] = target
+    _FORMATS[name] = formats
+    if extra:
+        _EXTRAS[name] = extra
+
+
+def runtime_names() -> list[str]:
+    """All registered backend names."""
+    return list(_REGISTRY)
+
+
+def get_runtime_class(name: str) -> type[Runtime]:
+    """Import and return the backend class registered as `name`."""
+    if name not in _REGISTRY:
+        raise RuntimeUnavailableError(f"unknown runtime {name!r}; available: {', '.join(['auto', *_REGISTRY])}")
+    module_name, cls_name = _REGISTRY[name].split(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    if not cls.is_installed():
+        raise RuntimeUnavailableError(
+            f"runtime {name!r} is not installed; install it with: pip install 'ram-edge[{_EXTRAS.get(name, name)}]'"
+        )
+    return cls
+
+
+def _installed(name: str) -> bool:
+    try:
+        get_runtime_class(name)
+        return True
+    except (RuntimeUnavailableError, ImportError):
+        return False
+
+
+def resolve_runtime(name: str, artifact_format: str) -> type[Runtime]:
+    """The backend class for `name` (or `auto`) that can run an artifact of `artifact_format`."""
+    if name == "auto":
+        candidates = [n for n in _REGISTRY if artifact_format in _FORMATS[n]]
+        for candidate in candidates:
+            if _installed(candidate):
+                return get_runtime_class(candidate)
+        hint = " or ".join(f"'ram-edge[{_EXTRAS[c]}]'" for c in candidates) or "a matching backend"
+        raise RuntimeUnavailableError(
+            f"no installed runtime can run a {artifact_format!r} model; install {hint}"
+        )
+    cls = get_runtime_class(name)
+    if artifact_format not in _FORMATS[name]:
+        raise RuntimeUnavailableError(
+            f"runtime {name!r} cannot run a {artifact_format!r} model (it runs: {', '.join(_FORMATS[name])}); "
+            f"use --runtime auto or export the model for {name!r} with `ram-edge export`"
+        )
+    return cls

@@ -1,0 +1,64 @@
+"""The torch backend: runs a ram-edge checkpoint directory with the reference model code."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ram_edge.errors import RuntimeUnavailableError
+
+from .base import Runtime
+
+
+class TorchRuntime(Runtime):
+    """Eager PyTorch on CPU or CUDA."""
+
+    name: ClassVar[str] = "torch"
+    formats: ClassVar[tuple[str, ...]] = ("checkpoint",)
+
+    @classmethod
+    def is_installed(cls) -> bool:
+        """True when torch and safetensors import."""
+        return all(importlib.util.find_spec(m) is not None for m in ("torch", "safetensors"))
+
+    @classmethod
+    def available_devices(cls) -> list[str]:
+        """'cpu', plus 'cuda' / 'cuda:N' when a GPU is visible."""
+        import torch
+
+        devices = ["cpu"]
+        if torch.cuda.is_available():
+            devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return devices
+
+    def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None) -> None:
+        import torch
+
+        from ram_edge.models.checkpoint import load_checkpoint
+
+        device = device or "cpu"
+        if device not in self.available_devices():
+            raise RuntimeUnavailableError(
+                f"device {device!r} is not available to the torch runtime; available: {', '.join(self.available_devices())}"
+            )
+        if threads:
+            torch.set_num_threads(int(threads))
+        self._torch = torch
+        self._device = device
+        model, self.info = load_checkpoint(path)
+        self.model = model.to(device).eval()
+
+    @property
+    def device(self) -> str:
+        """The torch device in use."""
+        return self._device
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) for a preprocessed batch."""
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+            return torch.sigmoid(self.model(x)).float().cpu().numpy()
