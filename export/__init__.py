@@ -1,0 +1,1 @@
+"""Model -> bundle exporters."""
