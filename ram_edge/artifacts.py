@@ -36,7 +36,8 @@ def describe(path: str | Path) -> ArtifactInfo:
     if (path / "manifest.json").is_file():
         from .bundle import read_bundle
 
-        bundle = read_bundle(path)
+        # The runtime verifies the files' sha256 when it loads them; hashing twice costs seconds.
+        bundle = read_bundle(path, verify=False)
         return ArtifactInfo(path, bundle.format, bundle.family, bundle.preprocess, bundle.labels)
     if checkpoint_dir.is_checkpoint_dir(path):
         info = checkpoint_dir.read_checkpoint_dir(path)

@@ -48,7 +48,12 @@ def get_runtime_class(name: str) -> type[Runtime]:
     if name not in _REGISTRY:
         raise RuntimeUnavailableError(f"unknown runtime {name!r}; available: {', '.join(['auto', *_REGISTRY])}")
     module_name, cls_name = _REGISTRY[name].split(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeUnavailableError(
+            f"runtime {name!r} is not installed ({exc}); install it with: pip install 'ram-edge[{_EXTRAS.get(name, name)}]'"
+        ) from None
     cls = getattr(module, cls_name)
     if not cls.is_installed():
         raise RuntimeUnavailableError(

@@ -19,6 +19,8 @@ from ..errors import RamEdgeError
 COMMANDS = {
     "tag": "ram_edge.cli.tag:tag",
     "convert": "ram_edge.cli.convert:convert",
+    "export": "ram_edge.cli.export:export",
+    "bench": "ram_edge.cli.bench:bench",
 }
 
 

@@ -1,0 +1,63 @@
+"""ONNX export (legacy TorchScript exporter, opset 17, dynamic batch), fp32 or fp16, validated with onnxruntime."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ram_edge.errors import ExportError
+
+from .validate import validate_outputs
+from .writer import FormatResult
+
+INPUT, OUTPUT = "images", "probs"
+OPSET = 17
+
+
+def write_onnx(graph: torch.nn.Module, path: Path, image_size: int) -> None:
+    """Export `graph` to an fp32 ONNX file with a dynamic batch axis."""
+    # The dynamo exporter fixes the batch to the example's size or breaks a Reshape at batch > 1;
+    # the legacy exporter with opset 17 keeps a correct dynamic batch (validated at batch 1 and 3).
+    dummy = torch.zeros(1, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph, (dummy,), str(path), dynamo=False, opset_version=OPSET,
+            input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, do_constant_folding=True,
+        )
+
+
+def to_fp16(path: Path) -> None:
+    """Convert an ONNX file's weights and arithmetic to fp16, keeping float32 inputs and outputs."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = onnx.load(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per weight too small for fp16: noise
+        # LayerNorm/Softmax statistics in fp16 lose too much; keep those ops in float32.
+        model = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=["LayerNormalization", "ReduceMean", "Softmax"]
+        )
+    onnx.save(model, str(path))
+
+
+def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: int, device: str | None = None) -> FormatResult:
+    """Write model.onnx into `directory` and validate it with onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    path = directory / "model.onnx"
+    write_onnx(graph, path, image_size)
+    if precision == "fp16":
+        to_fp16(path)
+    elif precision != "fp32":
+        raise ExportError(f"precision {precision!r} is not supported by the onnx exporter; use fp32 or fp16 (int8: ram-edge quantize)")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    report = validate_outputs(graph, lambda x: session.run([OUTPUT], {INPUT: x})[0], image_size, precision, OUTPUT)
+    return FormatResult(files={"model": path.name}, input_name=INPUT, output_name=OUTPUT, validation=report,
+                        queries="folded into the graph as constants")

@@ -1,0 +1,37 @@
+"""OpenVINO IR export (via ONNX), fp32 or fp16 weights, validated with the OpenVINO CPU plugin."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ram_edge.errors import ExportError
+
+from .onnx_format import INPUT, OUTPUT, write_onnx
+from .validate import validate_outputs
+from .writer import FormatResult
+
+
+def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: int, device: str | None = None) -> FormatResult:
+    """Write model.xml + model.bin into `directory` and validate them on the CPU."""
+    import openvino as ov
+
+    if precision not in ("fp32", "fp16"):
+        raise ExportError(f"precision {precision!r} is not supported by the openvino exporter; use fp32 or fp16 (int8: ram-edge quantize)")
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        write_onnx(graph, onnx_path, image_size)
+        model = ov.convert_model(str(onnx_path))
+    # save_model compresses to fp16 by default: only do so when asked.
+    ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=precision == "fp16")
+    compiled = ov.Core().compile_model(str(directory / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+
+    def run(batch):
+        return request.infer({INPUT: batch})[compiled.output(OUTPUT)]
+
+    report = validate_outputs(graph, run, image_size, precision, OUTPUT)
+    return FormatResult(files={"model": "model.xml", "weights": "model.bin"}, input_name=INPUT, output_name=OUTPUT,
+                        validation=report, queries="folded into the graph as constants")

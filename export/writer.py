@@ -1,0 +1,139 @@
+"""Model -> bundle: pick the label set, build the graph, run the format's exporter, validate,
+write the manifest; all in a temporary directory renamed into place only on success."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ram_edge import __version__
+from ram_edge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, write_manifest
+from ram_edge.errors import ExportError
+from ram_edge.fileio import atomic_dir
+from ram_edge.labels import LabelSet
+
+from .validate import ValidationReport
+
+# format -> "module:function(graph, directory, precision, image_size, device) -> FormatResult"
+EXPORTERS: dict[str, str] = {
+    "onnx": "ram_edge.export.onnx_format:export",
+    "openvino": "ram_edge.export.openvino_format:export",
+}
+
+
+@dataclass
+class FormatResult:
+    """What a format exporter wrote."""
+
+    files: dict[str, str]
+    input_name: str
+    output_name: str
+    validation: ValidationReport
+    queries: str
+    extra: dict[str, Any] | None = None
+
+
+def _versions(names: Sequence[str]) -> dict[str, str]:
+    out = {"ram_edge": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _exporter(fmt: str):
+    if fmt not in EXPORTERS:
+        raise ExportError(f"unknown export format {fmt!r}; available: {', '.join(EXPORTERS)}")
+    module, func = EXPORTERS[fmt].split(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except ImportError as exc:
+        raise ExportError(f"the {fmt} exporter needs a missing package ({exc.name}); install 'ram-edge[dev]' or that package") from None
+
+
+def resolve_labels(
+    labels: LabelSet,
+    *,
+    tags: Sequence[str] | None = None,
+    vocab: tuple[list[str], np.ndarray, float] | None = None,
+) -> tuple[LabelSet, np.ndarray | None, np.ndarray | None]:
+    """(label set, class indices into the model or None, new label embeddings or None)."""
+    if vocab is not None:
+        names, embed, threshold = vocab
+        new = LabelSet(list(names), None, np.full(len(names), threshold, dtype=np.float32))
+        return new, None, embed
+    if tags:
+        subset, indices = labels.subset(tags)
+        return subset, indices, None
+    return labels, None, None
+
+
+def export_bundle(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    fmt: str = "onnx",
+    precision: str = "fp32",
+    tags: Sequence[str] | None = None,
+    vocab: tuple[list[str], np.ndarray, float] | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Export a checkpoint directory to a validated bundle; returns the manifest."""
+    import torch
+
+    from ram_edge.models.checkpoint import load_checkpoint
+
+    from .graph import TaggingGraph, select_label_embed
+
+    exporter = _exporter(fmt)
+    model, info = load_checkpoint(model_dir)
+    labels, indices, new_embed = resolve_labels(info.labels, tags=tags, vocab=vocab)
+    embed = select_label_embed(model, indices, new_embed)
+    config = model.config
+    if embed.shape[-1] != config.label_embed_dim:
+        raise ExportError(
+            f"label embeddings are {embed.shape[-1]}-dimensional but the model expects {config.label_embed_dim}; "
+            f"use the text encoder the model was trained with"
+        )
+    graph = TaggingGraph(model, embed).eval()
+    size = config.preprocess.image_size
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp, torch.no_grad():
+        result = exporter(graph, tmp, precision, size, device)
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "model_format": fmt,
+            "family": config.family,
+            "precision": precision,
+            "preprocess": {**config.preprocess.__dict__, "mean": list(config.preprocess.mean), "std": list(config.preprocess.std)},
+            "labels": labels.to_manifest(),
+            "subset": None if indices is None else {"indices": [int(i) for i in indices], "of": config.num_classes},
+            "open_set_vocabulary": vocab is not None,
+            "label_queries": result.queries,
+            "io": {
+                "inputs": [{"name": result.input_name, "shape": ["batch", 3, size, size], "dtype": "float32"}],
+                "outputs": [{"name": result.output_name, "shape": ["batch", len(labels)], "dtype": "float32", "meaning": "sigmoid probabilities"}],
+            },
+            "files": result.files,
+            "validation": result.validation.to_dict(),
+            "source": {"checkpoint": str(Path(model_dir).name), "weights_sha256": _sha(info.weights_path), "origin": info.source},
+            "tools": _versions(["torch", "onnx", "onnxruntime", "openvino", "onnxconverter-common", "tensorrt"]),
+            **({"extra": result.extra} if result.extra else {}),
+        }
+        manifest = write_manifest(tmp, manifest)
+    return manifest
+
+
+def _sha(path: Path) -> str:
+    from ram_edge.fileio import sha256_file
+
+    return sha256_file(path)

@@ -1,0 +1,120 @@
+"""The bundle: what `ram-edge export` produces and runtimes consume (torch-free).
+
+A directory with `manifest.json` plus model file(s). The manifest is the single source of truth a
+runtime needs: format version, family, preprocessing, label set (and subset), graph I/O, precision,
+which file is which, sha256 of every file (verified on load), tool versions and the source hash.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PreprocessConfig
+from .errors import BundleError, ConfigError, LabelError
+from .fileio import atomic_file, sha256_file
+from .labels import LabelSet
+
+MANIFEST = "manifest.json"
+BUNDLE_FORMAT = "ram-edge-bundle"
+BUNDLE_VERSION = 1
+MODEL_FORMATS = ("onnx", "openvino", "trt")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Bundle:
+    """A parsed and verified bundle manifest."""
+
+    path: Path
+    format: str
+    family: str
+    precision: str
+    preprocess: PreprocessConfig
+    labels: LabelSet
+    files: dict[str, str]  # role -> file name ("model", "weights", ...)
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def file(self, role: str) -> Path:
+        """Path of the file with `role` (e.g. 'model')."""
+        if role not in self.files:
+            raise BundleError(f"{self.path}: manifest names no {role!r} file (has: {', '.join(self.files)})")
+        return self.path / self.files[role]
+
+    @property
+    def input_name(self) -> str:
+        """Name of the image input tensor."""
+        return self.inputs[0]["name"]
+
+    @property
+    def output_name(self) -> str:
+        """Name of the probability output tensor."""
+        return self.outputs[0]["name"]
+
+
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the sha256 of every listed file and write manifest.json atomically."""
+    directory = Path(directory)
+    manifest = dict(manifest)
+    manifest["sha256"] = {name: sha256_file(directory / name) for name in sorted(set(manifest["files"].values()))}
+    with atomic_file(directory / MANIFEST, "w") as fh:
+        json.dump(manifest, fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
+    return manifest
+
+
+def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Parse manifest.json, check the format version and (by default) every file's sha256."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST}); create one with `ram-edge export`")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({exc}); re-export the bundle") from None
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_path}: not a ram-edge bundle manifest (format is not {BUNDLE_FORMAT!r})")
+    version = data.get("format_version")
+    if version != BUNDLE_VERSION:
+        raise BundleError(
+            f"{manifest_path}: bundle format version {version!r} is not supported by this ram-edge "
+            f"(supports {BUNDLE_VERSION}); upgrade ram-edge or re-export the bundle"
+        )
+    try:
+        model_format = data["model_format"]
+        if model_format not in MODEL_FORMATS:
+            raise BundleError(f"{manifest_path}: unknown model_format {model_format!r}; valid: {', '.join(MODEL_FORMATS)}")
+        files = dict(data["files"])
+        sums = dict(data["sha256"])
+        bundle = Bundle(
+            path=path,
+            format=model_format,
+            family=data["family"],
+            precision=data["precision"],
+            preprocess=PreprocessConfig.from_dict(data["preprocess"]),
+            labels=LabelSet.from_manifest(data["labels"]),
+            files=files,
+            inputs=list(data["io"]["inputs"]),
+            outputs=list(data["io"]["outputs"]),
+            manifest=data,
+        )
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path}: manifest is missing or has a malformed field ({exc}); re-export the bundle") from None
+    except (ConfigError, LabelError) as exc:
+        raise BundleError(f"{manifest_path}: {exc}") from None
+    for name in sorted(set(files.values())):
+        file_path = path / name
+        if not file_path.is_file():
+            raise BundleError(f"{path}: file {name!r} listed in the manifest is missing; re-export the bundle")
+        if name not in sums:
+            raise BundleError(f"{manifest_path}: no sha256 for {name!r}; the manifest is incomplete")
+        if verify and sha256_file(file_path) != sums[name]:
+            raise BundleError(
+                f"{file_path}: sha256 does not match the manifest (file changed or corrupt); re-export or re-copy the bundle"
+            )
+    return bundle

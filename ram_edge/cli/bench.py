@@ -1,0 +1,58 @@
+"""`ram-edge bench`: time one runtime on one checkpoint directory or bundle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import click
+
+
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} MB"
+
+
+def _human(r) -> list[str]:
+    """The result as aligned `label  value` lines."""
+    b, i = r.latency_batch_ms, r.latency_image_ms
+    threads = r.threads if r.threads is not None else "default"
+    rows = [
+        ("model", f"{r.model} ({r.family}, {r.format}, {r.precision}, {r.num_tags} tags at {r.image_size}px)"),
+        ("runtime", f"{r.runtime} on {r.device}, threads {threads}; batch {r.batch_size}, "
+                    f"{r.iters} timed after {r.warmup} warm-up, {r.input} input"),
+        ("load", f"{r.load_time_s:.2f} s (first run {r.first_run_ms:.1f} ms, not counted below)"),
+        ("per batch", f"p50 {b['p50']:.2f} ms   p90 {b['p90']:.2f} ms   p99 {b['p99']:.2f} ms   "
+                      f"mean {b['mean']:.2f} ms   min {b['min']:.2f} ms"),
+        ("per image", f"p50 {i['p50']:.2f} ms   p90 {i['p90']:.2f} ms   p99 {i['p99']:.2f} ms"),
+        ("throughput", f"{r.throughput_img_s:.1f} img/s"),
+        ("peak RSS", f"{_mb(r.peak_rss_mb)} (process high-water mark; {_mb(r.rss_before_load_mb)} before load, "
+                     f"{_mb(r.rss_after_load_mb)} after)"),
+        ("size", f"{r.model_size_mb:.1f} MB on disk"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return [f"{label:<{width}}  {value}" for label, value in rows]
+
+
+@click.command()
+@click.argument("model", type=click.Path())
+@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
+@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Images per run call.")
+@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed run calls.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed run calls before timing (after the first, which is timed apart).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
+@click.option("--images", "images", type=click.Path(exists=True, file_okay=False), default=None, help="Benchmark on these images (cycled to fill the batch) instead of random input.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every number.")
+def bench(model, runtime, device, batch_size, iters, warmup, threads, images, as_json) -> None:
+    """Benchmark MODEL (checkpoint directory or bundle): load time, latency, throughput, memory."""
+    from ..benchmarks.harness import run_benchmark
+
+    result = run_benchmark(
+        model, runtime=runtime, device=device, batch_size=batch_size, iters=iters, warmup=warmup,
+        threads=threads, images_dir=images,
+    )
+    if as_json:
+        click.echo(json.dumps(asdict(result)))
+    else:
+        for line in _human(result):
+            click.echo(line)

@@ -1,0 +1,151 @@
+"""`ram-edge bench` and the benchmark harness, on the tiny converted golden models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ram_edge.benchmarks.harness import matmul_roofline, run_benchmark, write_markdown_report
+from ram_edge.cli.main import cli
+from ram_edge.errors import RamEdgeError
+
+needs_torch = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("torch") is None,
+    reason="the torch extra is needed: pip install 'ram-edge[torch]'",
+)
+
+
+def _bench(*args):
+    return CliRunner().invoke(cli, ["bench", *map(str, args)])
+
+
+def _check_result(result: dict, *, batch_size: int, iters: int) -> None:
+    batch, image = result["latency_batch_ms"], result["latency_image_ms"]
+    assert 0 < batch["min"] <= batch["p50"] <= batch["p90"] <= batch["p99"]
+    assert batch["min"] <= batch["mean"] <= batch["p99"]
+    assert image["p50"] <= image["p90"] <= image["p99"]
+    assert image["p50"] == pytest.approx(batch["p50"] / batch_size)
+    assert result["throughput_img_s"] > 0
+    # Throughput and mean latency describe the same timed calls.
+    assert result["throughput_img_s"] == pytest.approx(batch_size * 1e3 / batch["mean"], rel=1e-6)
+    assert result["batch_size"] == batch_size and result["iters"] == iters
+    assert result["runtime"] == "torch" and result["device"] == "cpu"
+    assert result["num_tags"] == 4585 and result["image_size"] == 224
+    assert result["format"] == "checkpoint" and result["family"] == "ram" and result["precision"] == "fp32"
+    assert result["load_time_s"] > 0 and result["first_run_ms"] > 0
+    assert result["peak_rss_mb"] > 0 and result["model_size_mb"] > 0
+    if result["rss_after_load_mb"] is not None:
+        assert result["peak_rss_mb"] >= result["rss_after_load_mb"] > 0
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["python"] and machine["cpu"]
+    assert machine["runtime_package"] == "torch" and machine["runtime_version"]
+    assert "T" in result["timestamp"]
+
+
+@needs_torch
+def test_bench_json(converted_golden):
+    result = _bench(converted_golden["ram_tiny"], "--runtime", "torch", "--iters", 3, "--warmup", 1, "--batch-size", 2, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    _check_result(data, batch_size=2, iters=3)
+    assert data["warmup"] == 1 and data["threads"] is None and data["input"] == "random"
+    assert data["model"] == str(converted_golden["ram_tiny"])
+
+
+@needs_torch
+def test_bench_images_and_human_output(converted_golden, tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(images / "a.png")
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint8).reshape(48, 64) % 251, "L").save(images / "b.png")
+    # Three slots, two images: the harness cycles them.
+    result = _bench(converted_golden["ram_tiny"], "--runtime", "torch", "--iters", 1, "--warmup", 0,
+                    "--batch-size", 3, "--images", images, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    _check_result(data, batch_size=3, iters=1)
+    assert data["input"] == str(images)
+
+    result = _bench(converted_golden["ram_tiny"], "--runtime", "torch", "--iters", 1, "--warmup", 0, "--threads", 1)
+    assert result.exit_code == 0, result.output
+    labels = [line.split()[0] for line in result.stdout.splitlines()]
+    assert labels == ["model", "runtime", "load", "per", "per", "throughput", "peak", "size"]
+    assert "threads 1" in result.stdout and "img/s" in result.stdout
+
+
+@needs_torch
+def test_bench_images_dir_without_images(converted_golden, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = _bench(converted_golden["ram_tiny"], "--runtime", "torch", "--images", tmp_path, "--iters", 1)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: no image files found in")
+
+
+def test_unknown_runtime_lists_valid_ones(converted_golden):
+    result = _bench(converted_golden["ram_tiny"], "--runtime", "tflite", "--iters", 1)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "tflite" in lines[0]
+    for name in ("auto", "torch", "ort", "openvino", "trt"):
+        assert name in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("kwargs", [{"iters": 0}, {"batch_size": 0}, {"warmup": -1}, {"threads": 0}])
+def test_run_benchmark_rejects_bad_counts(kwargs, tmp_path):
+    with pytest.raises(RamEdgeError, match=next(iter(kwargs))):
+        run_benchmark(tmp_path, **kwargs)
+
+
+def _row(runtime, device, p50, **extra):
+    return {
+        "runtime": runtime, "device": device, "precision": "fp32", "batch_size": 4,
+        "latency_batch_ms": {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "min": p50 * 0.9},
+        "latency_image_ms": {"p50": p50 / 4, "p90": p50 * 1.1 / 4, "p99": p50 * 1.2 / 4},
+        "throughput_img_s": 4000 / p50, "load_time_s": 1.5, "peak_rss_mb": 812.4, "model_size_mb": 3.2,
+        "machine": {"cpu": "AMD EPYC 7B13", "cores": 2, "platform": "Linux-x86_64", "python": "3.11.7"},
+        **extra,
+    }
+
+
+def test_write_markdown_report(tmp_path):
+    rows = [
+        _row("torch", "cpu", 123.456, macs_per_image=4.5e9, queries=4585),
+        _row("ort", "cpu|fast", 61.0, macs_per_image=4.5e9, pct_of_roofline=37.25),
+    ]
+    out = tmp_path / "reports" / "bench.md"
+    write_markdown_report(rows, out, "CPU latency", notes="Random input, 2 threads.")
+    text = out.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "# CPU latency"
+    assert any(line.startswith("Machine: AMD EPYC 7B13, 2 cores") for line in lines)
+    assert any(line.startswith("Date: ") for line in lines)
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + len(rows)
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header[:10] == ["runtime", "device", "precision", "batch", "p50 ms/batch", "p50 ms/image",
+                           "img/s", "load s", "peak RSS MB", "size MB"]
+    assert header[10:] == ["MACs/image", "queries", "% of roofline"]
+    assert table[2].startswith("| torch | cpu | fp32 | 4 | 123 | 30.86 | 32.40 | 1.50 | 812 | 3.20 | 4.50 G | 4585 | – |")
+    # A pipe inside a value is escaped so that the row keeps its columns.
+    assert "cpu\\|fast" in table[3] and table[3].rstrip().endswith("| – | 37.25 |")
+    assert text.rstrip().endswith("Random input, 2 threads.")
+    assert not [p for p in out.parent.iterdir() if p.name != "bench.md"]  # no temporary file left
+
+
+def test_harness_import_does_not_import_torch():
+    code = "import sys, ram_edge.benchmarks.harness, ram_edge.cli.bench; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@needs_torch
+def test_matmul_roofline_is_positive():
+    assert matmul_roofline(threads=1, n=64, repeats=2) > 0
