@@ -58,14 +58,16 @@ def export(model, output, fmt, precision, tags, tags_file, vocab, text_encoder, 
 
 def _vocab_embeddings(model: str, vocab: str, text_encoder: str, threshold: float | None):
     """(tags, embeddings, threshold) for an open-set vocabulary, computed with a local CLIP text model."""
-    from ..artifacts import describe
+    from ..checkpoint_dir import read_checkpoint_dir
     from ..export import vocab as vocab_mod
 
-    info = describe(model)
+    config = read_checkpoint_dir(model).config
     names, descriptions = vocab_mod.read_vocab(vocab)
     encoder = vocab_mod.ClipTextEncoder(text_encoder)
-    if info.family == "ram_plus":
-        embed = vocab_mod.description_embeddings(encoder, names, descriptions or {})
+    if config.family == "ram_plus":
+        # The checkpoint's layout (des_per_class rows per tag), so the per-image mixing stays as trained;
+        # a tag without descriptions repeats its prompt-ensemble embedding, which the mixing returns unchanged.
+        embed = vocab_mod.description_embeddings(encoder, names, descriptions or {}, per_tag=config.des_per_class)
     else:
         if descriptions:
             raise RamEdgeError(f"{vocab}: tag descriptions are for RAM++ models; {model} is a RAM model (give one tag per line)")

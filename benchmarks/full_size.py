@@ -1,0 +1,194 @@
+"""Full-size Swin-L/384 RAM benchmark with random weights (accuracy does not matter for speed).
+
+    python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize --threads 2
+
+Builds the model from the shipped config, exports ONNX and OpenVINO fp32 bundles (full label set
+and 1000/100/10-tag subsets), counts multiply-accumulates with torch's FlopCounterMode, measures
+the fp32 matmul roofline, then runs `ram-edge bench --json` for every (runtime, bundle, batch) in
+its own process (so peak RSS is per runtime) and writes benchmarks/full_size_swin_l384.md + .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .harness import matmul_roofline, write_markdown_report
+
+PRESET = "ram_swin_large_384"
+SUBSETS = (1000, 100, 10)
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def build_checkpoint(workdir: Path) -> Path:
+    """A random-weight full-size RAM checkpoint directory with synthetic tag names."""
+    import torch
+
+    from ram_edge.labels import LabelSet
+    from ram_edge.models import build_model
+    from ram_edge.models.checkpoint import save_checkpoint
+    from ram_edge.models.presets import load_preset
+
+    out = workdir / "ckpt"
+    if out.exists():
+        return out
+    torch.manual_seed(0)
+    config = load_preset(PRESET)
+    model = build_model(config)
+    with torch.no_grad():
+        model.label_embed.normal_(0, 0.1)
+    tags = [f"tag{i:04d}" for i in range(config.num_classes)]
+    labels = LabelSet(tags, None, np.full(len(tags), 0.68, np.float32))
+    save_checkpoint(model, labels, out, source={"kind": "random", "seed": 0, "preset": PRESET})
+    return out
+
+
+def count_macs(ckpt: Path, queries: list[int]) -> dict[str, float]:
+    """Multiply-accumulates per image: encoder (+image_proj) and decoder at each query count."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ram_edge.models.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    size = model.config.preprocess.image_size
+    out: dict[str, float] = {}
+    with torch.no_grad():
+        x = torch.zeros(1, 3, size, size)
+        with FlopCounterMode(display=False) as counter:
+            embeds = model.forward_features(x)
+        out["encoder"] = counter.get_total_flops() / 2
+        all_queries = model.label_queries()
+        for n in queries:
+            q = all_queries[:, :n]
+            with FlopCounterMode(display=False) as counter:
+                model.forward_head(embeds, q)
+            out[f"decoder_{n}"] = counter.get_total_flops() / 2
+    return out
+
+
+def torch_decoder_times(ckpt: Path, queries: list[int], threads: int, iters: int = 5) -> dict[int, float]:
+    """Median seconds of the decoder alone (batch 1, precomputed queries) in torch eager."""
+    import torch
+
+    from ram_edge.models.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    model, _ = load_checkpoint(ckpt)
+    embeds = torch.randn(1, 1 + model.config.swin.num_tokens, model.config.embed_dim)
+    out = {}
+    with torch.inference_mode():
+        all_queries = model.label_queries()
+        for n in queries:
+            q = all_queries[:, :n].contiguous()
+            model.forward_head(embeds, q)
+            times = []
+            for _ in range(iters):
+                start = time.perf_counter()
+                model.forward_head(embeds, q)
+                times.append(time.perf_counter() - start)
+            out[n] = float(np.median(times))
+    return out
+
+
+def export(ckpt: Path, dest: Path, fmt: str, tags: list[str] | None = None) -> Path:
+    """Export one bundle (skipped when it exists)."""
+    from ram_edge.export.writer import export_bundle
+
+    if not (dest / "manifest.json").exists():
+        _log(f"export {fmt} {len(tags) if tags else 'all'} tags -> {dest}")
+        export_bundle(ckpt, dest, fmt=fmt, tags=tags, overwrite=True)
+    return dest
+
+
+def bench(path: Path, runtime: str, batch: int, threads: int, iters: int, warmup: int) -> dict:
+    """`ram-edge bench --json` in a fresh process."""
+    _log(f"bench {runtime} batch {batch} {path.name}")
+    cmd = [sys.executable, "-m", "ram_edge.cli.main", "bench", str(path), "--runtime", runtime, "--batch-size", str(batch),
+           "--iters", str(iters), "--warmup", str(warmup), "--threads", str(threads), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the full-size benchmark and write the report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report", type=Path, default=Path(__file__).parent / "full_size_swin_l384.md")
+    parser.add_argument("--iters", type=int, default=5)
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    ckpt = build_checkpoint(args.workdir)
+    tags = (args.workdir / "ckpt" / "tags.txt").read_text().splitlines()
+    num = len(tags)
+    macs = count_macs(ckpt, [num, *SUBSETS])
+    _log(f"MACs per image: {json.dumps({k: round(v / 1e9, 2) for k, v in macs.items()})} G")
+    roofline = matmul_roofline(threads=args.threads)
+    _log(f"matmul roofline: {roofline / 1e9:.1f} GMAC/s on {args.threads} threads")
+    dec_times = torch_decoder_times(ckpt, [num, *SUBSETS], args.threads)
+    _log(f"torch decoder-only seconds: {dec_times}")
+
+    bundles = {("onnx", num): export(ckpt, args.workdir / "onnx_full", "onnx"),
+               ("openvino", num): export(ckpt, args.workdir / "openvino_full", "openvino")}
+    for n in SUBSETS:
+        bundles["openvino", n] = export(ckpt, args.workdir / f"openvino_{n}", "openvino", tags[:n])
+    bundles["onnx", 100] = export(ckpt, args.workdir / "onnx_100", "onnx", tags[:100])
+
+    plan = [(ckpt, "torch", 1, num), (bundles["onnx", num], "ort", 1, num), (bundles["openvino", num], "openvino", 1, num),
+            (ckpt, "torch", 8, num), (bundles["onnx", num], "ort", 8, num), (bundles["openvino", num], "openvino", 8, num)]
+    plan += [(bundles["openvino", n], "openvino", 1, n) for n in SUBSETS] + [(bundles["onnx", 100], "ort", 1, 100)]
+    rows = []
+    for path, runtime, batch, n in plan:
+        iters = args.iters if batch == 1 else max(2, args.iters // 2)
+        result = bench(path, runtime, batch, args.threads, iters, warmup=1)
+        per_image = macs["encoder"] + macs[f"decoder_{n}"]
+        seconds = result["latency_image_ms"]["p50"] / 1e3
+        result.update(queries=n, macs_per_image=per_image, achieved_gmacs=per_image / seconds / 1e9,
+                      pct_of_roofline=100 * per_image / seconds / roofline)
+        rows.append(result)
+        _log(f"  p50 {result['latency_image_ms']['p50']:.0f} ms/image, {result['pct_of_roofline']:.0f}% of roofline")
+        args.report.with_suffix(".json").write_text(json.dumps({"rows": rows, "macs": macs, "roofline_macs_s": roofline,
+                                                                 "torch_decoder_s": dec_times}, indent=1))
+
+    def p50(runtime, batch, n=num):
+        return next(r["latency_image_ms"]["p50"] for r in rows if r["runtime"] == runtime and r["batch_size"] == batch and r["queries"] == n)
+
+    dec_lines = "\n".join(
+        f"| {n} | {macs[f'decoder_{n}'] / 1e9:.1f} | {dec_times[n] * 1e3:.0f} | "
+        + (f"{p50('openvino', 1, n):.0f} |" if ("openvino", n) in bundles else "– |")
+        for n in [num, *SUBSETS]
+    )
+    notes = f"""Model: {PRESET} (Swin-L/384, {num} tags), random weights; input: random; {args.threads} threads.
+Encoder + image_proj: {macs['encoder'] / 1e9:.1f} G MACs/image. fp32 matmul roofline (torch.matmul 4096x4096, {args.threads} threads): {roofline / 1e9:.1f} GMAC/s.
+
+Ratios (p50 per image, batch 1): openvino / torch eager speed-up = {p50('torch', 1) / p50('openvino', 1):.2f}x;
+ort / torch = {p50('torch', 1) / p50('ort', 1):.2f}x; openvino 100-tag subset vs full = {p50('openvino', 1) / p50('openvino', 1, 100):.2f}x;
+ort 100-tag subset vs full = {p50('ort', 1) / p50('ort', 1, 100):.2f}x.
+
+Decoder alone (batch 1):
+
+| queries | decoder G MACs | torch eager decoder ms | openvino whole model ms |
+| --- | --- | --- | --- |
+{dec_lines}
+
+Reproduce: `python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize --threads {args.threads}`.
+"""
+    write_markdown_report(rows, args.report, "Full-size RAM (Swin-L/384) latency on this machine", notes)
+    _log(f"wrote {args.report}")
+
+
+if __name__ == "__main__":
+    main()
