@@ -21,6 +21,11 @@ COMMANDS = {
     "convert": "ram_edge.cli.convert:convert",
     "export": "ram_edge.cli.export:export",
     "bench": "ram_edge.cli.bench:bench",
+    "data": "ram_edge.cli.data:data",
+    "parse": "ram_edge.cli.parse:parse",
+    "labels": "ram_edge.cli.labels:labels",
+    "train": "ram_edge.cli.train:train",
+    "eval": "ram_edge.cli.eval:eval_command",
 }
 
 

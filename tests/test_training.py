@@ -1,0 +1,210 @@
+"""Training: a tiny RAM learns a tiny generated dataset; DDP ranks agree; a crashed run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the train extra is needed: pip install 'ram-edge[train]'")
+pytest.importorskip("yaml", reason="the train extra is needed: pip install 'ram-edge[train]'")
+
+from PIL import Image, ImageDraw  # noqa: E402
+
+SHAPES = ["square", "circle", "triangle"]
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60)}
+TAGS = [f"{c} {s}" for c in COLOURS for s in SHAPES]  # 9 two-word tags
+
+
+def _draw(rng: np.random.Generator, size: int = 32) -> tuple[Image.Image, list[str]]:
+    img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(180, 255, 3)))
+    draw = ImageDraw.Draw(img)
+    chosen = sorted(rng.choice(len(TAGS), size=int(rng.integers(1, 3)), replace=False))
+    for i in chosen:
+        colour, shape = TAGS[i].split()
+        x, y = (int(v) for v in rng.integers(0, size // 2, 2))
+        box = (x, y, x + size // 2 - 1, y + size // 2 - 1)
+        fill = COLOURS[colour]
+        if shape == "square":
+            draw.rectangle(box, fill=fill)
+        elif shape == "circle":
+            draw.ellipse(box, fill=fill)
+        else:
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=fill)
+    return img, [TAGS[i] for i in chosen]
+
+
+def make_dataset(root: Path, count: int, seed: int, broken: int = 0) -> Path:
+    """Folder + annotations.jsonl with captions naming the shapes (plural forms on purpose)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(count):
+        img, tags = _draw(rng)
+        name = f"images/{i:04d}.png"
+        img.save(root / name)
+        caption = "a picture of " + " and ".join(f"a {t}" for t in tags) + " on a pale background"
+        lines.append({"image": name, "captions": [caption, caption.upper().replace("A PICTURE", "Two").replace(" SQUARE", " squares")], "tags": tags})
+    for j in range(broken):
+        name = f"images/broken{j}.png"
+        (root / name).write_bytes(b"not a png")
+        lines.append({"image": name, "captions": ["a red square"], "tags": ["red square"]})
+    (root / "annotations.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return root
+
+
+def tiny_config(tmp: Path, data: Path, eval_data: Path | None = None, **overrides) -> dict:
+    (tmp / "labels.tsv").write_text("tag\tsynonyms\n" + "".join(f"{t}\t\n" for t in TAGS))
+    cfg = {
+        "output_dir": str(tmp / "run"),
+        "model": {
+            "family": "ram",
+            "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
+            "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2},
+            "num_classes": len(TAGS), "embed_dim": 32, "label_embed_dim": 16,
+            "preprocess": {"image_size": 32},
+        },
+        "labels": str(tmp / "labels.tsv"),
+        "text_encoder": "learned",
+        "data": {"kind": "jsonl", "path": str(data), "tags_from": "parse", "crop_scale": [0.9, 1.0], "color_jitter": 0.1},
+        "optim": {"lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.01},
+        "batch_size": 8,
+        "total_steps": 40,
+        "checkpoint_every": 20,
+        "log_every": 5,
+        "seed": 0,
+    }
+    if eval_data is not None:
+        cfg["eval_data"] = {"kind": "jsonl", "path": str(eval_data), "tags_from": "given"}
+    cfg.update(overrides)
+    return cfg
+
+
+def _write_cfg(tmp: Path, cfg: dict) -> Path:
+    import yaml
+
+    path = tmp / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_tiny_ram_learns_and_skips_broken_images(tmp_path):
+    from ram_edge.training.config import TrainConfig
+    from ram_edge.training.loop import Trainer
+
+    data = make_dataset(tmp_path / "train", 96, seed=1, broken=2)
+    # mAP on the training images, as the issue asks; targets parsed from the (noisy-cased, plural) captions.
+    cfg = TrainConfig.from_dict(tiny_config(tmp_path, data, data, total_steps=150, eval_every=150, batch_size=32,
+                                            optim={"lr": 3e-3, "warmup_steps": 5, "weight_decay": 0.01}))
+    trainer = Trainer(cfg, progress=False)
+    before = trainer.evaluate()["eval_map"]
+    trainer.train()
+    log = _log(tmp_path / "run")
+    losses = [r["tagging"] for r in log if "tagging" in r]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2])
+    after = [r["eval_map"] for r in log if "eval_map" in r][-1]
+    chance = 100 * 1.5 / len(TAGS)  # about 1.5 of 9 tags per image
+    assert after > max(2 * chance, before + 20), (before, after)
+    finished = [r for r in log if r.get("event") == "finished"][-1]
+    assert finished["skipped"] >= 2  # the broken images were counted, not fatal
+    # The result is an ordinary checkpoint directory that the Tagger runs.
+    from ram_edge import Tagger
+
+    tagger = Tagger.load(tmp_path / "run" / "model", runtime="torch")
+    assert tagger.tags == TAGS
+    assert tagger.scores([str(data / "images" / "0000.png")]).shape == (1, len(TAGS))
+
+
+def _run_cli(cfg_path: Path, env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
+    base = [sys.executable, "-m", "ram_edge.cli.main", "train", str(cfg_path)]
+    if torchrun:
+        base = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+                "-m", "ram_edge.cli.main", "train", str(cfg_path)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(base, capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path):
+    data = make_dataset(tmp_path / "data", 40, seed=3, broken=1)
+    straight = tiny_config(tmp_path, data, total_steps=12, checkpoint_every=4, output_dir=str(tmp_path / "straight"))
+    proc = _run_cli(_write_cfg(tmp_path, straight))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = dict(straight, output_dir=str(tmp_path / "resumed"))
+    cfg_path = _write_cfg(tmp_path, resumed)
+    crashed = _run_cli(cfg_path, env={"RAM_EDGE_TRAIN_CRASH_AFTER_STEP": "6"})
+    assert crashed.returncode == 17  # died hard after step 6; the last checkpoint is step 4
+    assert (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step-00000004"
+    assert not (tmp_path / "resumed" / "model").exists()
+    proc = _run_cli(cfg_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(r.get("event") == "resumed" for r in _log(tmp_path / "resumed"))
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gloo_ranks_agree(tmp_path):
+    data = make_dataset(tmp_path / "data", 48, seed=4)
+    cfg = tiny_config(tmp_path, data, total_steps=6, checkpoint_every=3, batch_size=4)
+    proc = _run_cli(_write_cfg(tmp_path, cfg), torchrun=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = json.loads((tmp_path / "run" / "rank_checksums.json").read_text())
+    assert len(sums) == 2 and sums[0] == sums[1]
+    log = _log(tmp_path / "run")
+    assert [r for r in log if r.get("event") == "start"][0]["world"] == 2
+    assert [r for r in log if r.get("event") == "finished"][0]["ranks_identical"] is True
+
+
+def test_asymmetric_loss_matches_hand_computation():
+    from ram_edge.training.losses import AsymmetricLoss
+
+    logits = torch.tensor([[2.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0]])
+    p = torch.sigmoid(logits)
+    pos = torch.log(p[0, 0])  # gamma_pos 0: plain log-likelihood
+    neg_p = min(1.0, float(1 - p[0, 1]) + 0.05)  # probability shifting by clip
+    neg = np.log(neg_p) * (1 - neg_p) ** 7
+    expected = -(float(pos) + neg)
+    assert float(AsymmetricLoss()(logits, targets)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_timm_swin_layouts_load(tmp_path):
+    from ram_edge.config import SwinConfig
+    from ram_edge.models.swin import SwinEncoder
+    from ram_edge.training.init_weights import load_timm_swin
+
+    cfg = SwinConfig(image_size=64, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4)
+    source = SwinEncoder(cfg)
+    old = {**source.state_dict(), "head.weight": torch.zeros(10, 32), "head.bias": torch.zeros(10)}
+    new = {}
+    for key, value in old.items():  # timm >= 0.9: merging moves to the start of the next stage
+        new[key.replace("layers.0.downsample", "layers.1.downsample")] = value
+    for name, state in (("old", old), ("new", new)):
+        torch.save({"model": state}, tmp_path / f"{name}.pth")
+        target = SwinEncoder(cfg)
+        load_timm_swin(target, tmp_path / f"{name}.pth")
+        assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in source.state_dict())
+    # A 7-window ImageNet table resized for this 4-window model.
+    cfg7 = SwinConfig(image_size=56, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=7)
+    torch.save(SwinEncoder(cfg7).state_dict(), tmp_path / "w7.pth")
+    target = SwinEncoder(SwinConfig(image_size=64, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4))
+    load_timm_swin(target, tmp_path / "w7.pth")
+    assert target.layers[0].blocks[0].attn.relative_position_bias_table.shape == (49, 1)

@@ -1,0 +1,1 @@
+"""Training: datasets, caption->tag parsing, label system, losses, the training loop (torchrun DDP), evaluation."""

