@@ -95,20 +95,30 @@ def _dir_size_mb(path: Path) -> float:
     return total / _MIB
 
 
-def _current_rss_mb() -> float | None:
-    """Resident set size now (VmRSS), or None where /proc is absent (macOS, Windows)."""
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status in MiB, or None where /proc is absent (macOS, Windows)."""
     try:
         with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except (OSError, ValueError, IndexError):
         pass
     return None
 
 
+def _current_rss_mb() -> float | None:
+    """Resident set size now (VmRSS)."""
+    return _proc_status_mb("VmRSS")
+
+
 def _peak_rss_mb() -> float:
     """Process high-water resident set size."""
+    # VmHWM first: Linux carries ru_maxrss across fork+exec, so a benchmark started from a big
+    # parent process would report the parent's peak.
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kibibytes, macOS bytes.
     return peak / _MIB if sys.platform == "darwin" else peak / 1024.0

@@ -13,10 +13,11 @@ from ram_edge.errors import RuntimeUnavailableError
 from .base import Runtime
 
 # name -> "module:Class"; order is the `auto` preference among those that support a format.
+# An ONNX bundle goes to onnxruntime first (its native runtime); OpenVINO IR only to OpenVINO.
 _REGISTRY: dict[str, str] = {
     "trt": "ram_edge.runtimes.tensorrt_runtime:TensorRTRuntime",
-    "openvino": "ram_edge.runtimes.openvino_runtime:OpenVINORuntime",
     "ort": "ram_edge.runtimes.ort_runtime:OrtRuntime",
+    "openvino": "ram_edge.runtimes.openvino_runtime:OpenVINORuntime",
     "torch": "ram_edge.runtimes.torch_runtime:TorchRuntime",
 }
 # Which formats each backend accepts, known without importing it.

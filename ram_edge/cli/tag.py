@@ -17,7 +17,8 @@ def _human(result, chinese: bool) -> str:
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--model", "model", required=True, envvar="RAM_EDGE_MODEL", type=click.Path(), help="Checkpoint directory or bundle [env RAM_EDGE_MODEL].")
+@click.option("--model", "model", default=None, envvar="RAM_EDGE_MODEL", type=click.Path(),
+              help="Checkpoint directory or bundle [env RAM_EDGE_MODEL; default: the shipped emoji-scene model].")
 @click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
 @click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
@@ -37,6 +38,9 @@ def tag(images, model, runtime, device, threads, threshold, top_k, chinese, batc
     from ..preprocess import iter_image_files
     from ..tagger import Tagger
 
+    from ..default_model import default_model_path
+
+    model = model or default_model_path()
     files = iter_image_files(images)
     if not files:
         raise click.UsageError(f"no image files found in: {', '.join(images)}")

@@ -1,0 +1,32 @@
+"""The model ram-edge ships: a small RAM trained by its own pipeline on rendered emoji scenes
+(recipes/default_model). `ram-edge tag IMAGE` without --model uses its ONNX bundle (no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import RamEdgeError
+
+PACKAGE_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+
+
+def default_model_path(kind: str = "bundle") -> Path:
+    """Path of the shipped model: 'bundle' (ONNX, for onnxruntime/OpenVINO) or 'checkpoint' (torch)."""
+    if kind not in ("bundle", "checkpoint"):
+        raise RamEdgeError(f"unknown default model kind {kind!r}; valid: bundle, checkpoint")
+    path = PACKAGE_DIR / kind
+    if not (path / ("manifest.json" if kind == "bundle" else "config.json")).is_file():
+        raise RamEdgeError(
+            f"the default model is not installed at {path}; pass --model, or rebuild it with "
+            f"`python recipes/default_model/build.py all`"
+        )
+    return path
+
+
+def example_images() -> dict[Path, list[str]]:
+    """The shipped example images and their true tags (rendered by the scene generator)."""
+    import json
+
+    folder = PACKAGE_DIR / "examples"
+    truth = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
+    return {folder / name: tags for name, tags in truth.items()}

@@ -1,0 +1,58 @@
+"""The shipped default model through the CLI, without torch, on the shipped examples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ram_edge.default_model import PACKAGE_DIR, default_model_path, example_images
+
+pytestmark = pytest.mark.skipif(
+    not (PACKAGE_DIR / "bundle" / "manifest.json").is_file(),
+    reason="the default model is not built; run `python recipes/default_model/build.py all`",
+)
+
+
+RUN_CLI = """
+import sys
+from ram_edge.cli.main import cli
+try:
+    cli.main(args=sys.argv[1:], prog_name="ram-edge", standalone_mode=False)
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+loaded = [m for m in ("torch", "onnx") if m in sys.modules]
+if loaded:
+    print("loaded:", loaded, file=sys.stderr)
+    sys.exit(3)
+sys.exit(code or 0)
+"""
+
+
+def test_default_model_finds_the_true_tags_of_the_examples():
+    pytest.importorskip("onnxruntime", reason="the ort extra is needed: pip install 'ram-edge[ort]'")
+    examples = example_images()
+    # No --model: the shipped bundle, through onnxruntime, without importing torch or onnx.
+    args = ["tag", "--json", "--runtime", "ort", *map(str, examples)]
+    proc = subprocess.run([sys.executable, "-c", RUN_CLI, *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(p) for p in examples]
+    true_total = found = predicted = 0
+    for line in lines:
+        truth = set(examples[next(p for p in examples if str(p) == line["image"])])
+        got = {t["tag"] for t in line["tags"]}
+        true_total += len(truth)
+        found += len(truth & got)
+        predicted += len(got)
+    # The examples were rendered by the generator with known labels (examples.json).
+    assert found / true_total >= 0.8, lines
+    assert found / max(predicted, 1) >= 0.5, lines
+
+
+def test_default_model_paths():
+    assert (default_model_path("checkpoint") / "model.safetensors").stat().st_size <= 25 * 2**20
+    assert (default_model_path() / "manifest.json").is_file()
