@@ -292,3 +292,49 @@ def test_full_clip_checkpoint(tmp_path):
     with torch.no_grad():
         ref = model.get_text_features(**tokenizer(texts, padding=True, return_tensors="pt"))
     np.testing.assert_allclose(emb, _unit(ref.numpy()), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ram", "ram_plus"])
+def test_export_open_set_vocabulary_end_to_end(clip_dir, tmp_path, family):
+    """`ram-edge export --vocab --text-encoder` on a tiny model whose label space is the CLIP's."""
+    import torch
+    from click.testing import CliRunner
+
+    from ram_edge import Tagger
+    from ram_edge.cli.main import cli
+    from ram_edge.config import HeadConfig, ModelConfig, PreprocessConfig, SwinConfig
+    from ram_edge.export.vocab import ClipTextEncoder, description_embeddings, tag_embeddings
+    from ram_edge.labels import LabelSet
+    from ram_edge.models import build_model
+    from ram_edge.models.checkpoint import save_checkpoint
+
+    des = 51 if family == "ram_plus" else 1
+    config = ModelConfig(
+        family=family, swin=SwinConfig(image_size=32, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=4),
+        head=HeadConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32), num_classes=3,
+        embed_dim=16, label_embed_dim=DIM, des_per_class=des, preprocess=PreprocessConfig(image_size=32),
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    with torch.no_grad():
+        model.label_embed.normal_()
+    save_checkpoint(model, LabelSet(["a", "b", "c"], None, np.full(3, 0.6, np.float32)), tmp_path / "ckpt")
+    (tmp_path / "vocab.txt").write_text("zebra\nhot air balloon\n")
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "bundle"),
+                                      "--vocab", str(tmp_path / "vocab.txt"), "--text-encoder", str(clip_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["labels"]["tags"] == ["zebra", "hot air balloon"] and manifest["open_set_vocabulary"] is True
+    assert manifest["labels"]["thresholds"] == [0.5, 0.5]
+    # The bundle scores the new tags exactly as the torch model with those embeddings would.
+    encoder = ClipTextEncoder(clip_dir)
+    names = ["zebra", "hot air balloon"]
+    embed = description_embeddings(encoder, names, {}, per_tag=des) if family == "ram_plus" else tag_embeddings(encoder, names)
+    x = np.random.default_rng(0).uniform(-2, 2, (2, 3, 32, 32)).astype(np.float32)
+    from ram_edge.export.graph import TaggingGraph
+
+    with torch.no_grad():
+        expected = TaggingGraph(model, torch.from_numpy(np.asarray(embed, np.float32)))(torch.from_numpy(x)).numpy()
+    got = Tagger.load(tmp_path / "bundle", runtime="ort").predict(x)
+    assert np.abs(got - expected).max() <= 1e-5
