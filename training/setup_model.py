@@ -56,6 +56,13 @@ def text_embeddings(kind: str, names: list[str], family: str, des_per_class: int
     return np.repeat(embed, des_per_class, axis=0) if family == "ram_plus" else embed
 
 
+def center_embeddings(embed: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(unit rows of embed - mean, mean); the mean defaults to the rows' own mean."""
+    mean = embed.mean(0) if mean is None else mean
+    centred = embed - mean
+    return centred / np.linalg.norm(centred, axis=-1, keepdims=True), mean
+
+
 def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
     """(model, label system) ready to train."""
     init_model, init_info = None, None
@@ -101,6 +108,8 @@ def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
             )
         else:
             new = text_embeddings(cfg.text_encoder, [labels.tags[i] for i in missing], config.family, des)
+            if cfg.center_label_embed:
+                new, _ = center_embeddings(new)
             if new.shape[-1] != config.label_embed_dim:
                 raise ConfigError(
                     f"text encoder {cfg.text_encoder!r} gives {new.shape[-1]}-d embeddings but the model's "

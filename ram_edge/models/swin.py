@@ -166,12 +166,31 @@ class SwinStage(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
+class ConvStem(nn.Sequential):
+    """3x3 stride-2 convolutions (BatchNorm-free: GELU between) down to the patch stride."""
+
+    def __init__(self, cfg: SwinConfig) -> None:
+        layers: list[nn.Module] = []
+        width, channels = cfg.embed_dim // 2, cfg.in_chans
+        steps = cfg.patch_size.bit_length() - 1
+        for i in range(steps):
+            out = cfg.embed_dim if i == steps - 1 else width
+            layers.append(nn.Conv2d(channels, out, kernel_size=3, stride=2, padding=1))
+            if i < steps - 1:
+                layers.append(nn.GELU())
+            channels = out
+        super().__init__(*layers)
+
+
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch projection (conv) followed by LayerNorm."""
+    """Patch projection (one conv, or a conv stem) followed by LayerNorm."""
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        if cfg.stem == "conv":
+            self.proj = ConvStem(cfg)
+        else:
+            self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

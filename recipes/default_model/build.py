@@ -134,7 +134,15 @@ def finalize() -> None:
     # 3. held-out categories: queries from the text encoder only (the model never saw these tags)
     held = LabelSystem.load(DATA / "labels_heldout.tsv")
     scale = float(cfg.get("label_embed_scale", 1.0))
-    held_embed = prompt_ensemble(MiniLMEncoder(), held.tags) * scale
+    encoder = MiniLMEncoder()
+    held_embed = prompt_ensemble(encoder, held.tags)
+    if cfg.get("center_label_embed"):
+        # New tags are centred with the mean the training used: that of the seen tags' embeddings.
+        from ram_edge.training.setup_model import center_embeddings
+
+        _, seen_mean = center_embeddings(prompt_ensemble(encoder, list(tags)))
+        held_embed, _ = center_embeddings(held_embed, seen_mean)
+    held_embed = held_embed * scale
     h_probs, h_t, _ = _scores(final, "heldout", held_embed.astype(np.float32), held.tags)
     held_map = 100 * mean_average_precision(h_probs, h_t)
     rng = np.random.default_rng(0)
