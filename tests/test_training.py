@@ -208,3 +208,25 @@ def test_timm_swin_layouts_load(tmp_path):
     target = SwinEncoder(SwinConfig(image_size=64, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4))
     load_timm_swin(target, tmp_path / "w7.pth")
     assert target.layers[0].blocks[0].attn.relative_position_bias_table.shape == (49, 1)
+
+
+def test_distillation_towards_stored_teacher_features(tmp_path):
+    from ram_edge.training.config import TrainConfig
+    from ram_edge.training.loop import Trainer
+
+    data = make_dataset(tmp_path / "data", 16, seed=5)
+    rows = [json.loads(line) for line in (data / "annotations.jsonl").read_text().splitlines()]
+    rng = np.random.default_rng(0)
+    for row in rows:
+        row["teacher"] = rng.normal(size=32).round(4).tolist()  # embed_dim of the tiny model
+    (data / "annotations.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = tiny_config(tmp_path, data, total_steps=8, log_every=4, batch_size=8)
+    cfg["loss"] = {"distillation": "features"}
+    Trainer(TrainConfig.from_dict(cfg), progress=False).train()
+    records = [r for r in _log(tmp_path / "run") if "distillation" in r]
+    assert len(records) == 2 and all(np.isfinite(r["distillation"]) for r in records)
+    from ram_edge.errors import ConfigError
+
+    cfg["loss"] = {"distillation": "clip"}
+    with pytest.raises(ConfigError, match="not supported"):
+        Trainer(TrainConfig.from_dict(cfg), progress=False)

@@ -51,8 +51,7 @@ class LossConfig:
 
     tagging: bool = True
     captioning: bool = False
-    distillation: str = "off"  # "off", "features" (teacher features in the data), "clip" (local CLIP image tower)
-    teacher_path: str | None = None
+    distillation: str = "off"  # "off" or "features" (teacher image embeddings stored with each sample)
     gamma_neg: float = 7.0
     gamma_pos: float = 0.0
     clip: float = 0.05

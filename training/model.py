@@ -25,6 +25,14 @@ class RAMForTraining(RAM):
     def __init__(self, config: ModelConfig, loss: LossConfig, caption: dict[str, Any] | None = None, learned_queries: bool = False) -> None:
         super().__init__(config)
         self.loss_cfg = loss
+        if loss.distillation not in ("off", "features"):
+            from ram_edge.errors import ConfigError
+
+            # A CLIP image tower computing teacher embeddings on the fly is not built yet.
+            raise ConfigError(
+                f"loss.distillation {loss.distillation!r} is not supported; use 'features' (teacher embeddings "
+                f"stored with each sample as 'teacher') or 'off'"
+            )
         self.label_embed.requires_grad_(learned_queries)
         self.asl = AsymmetricLoss(loss.gamma_neg, loss.gamma_pos, loss.clip)
         self.caption_cfg = None
@@ -107,7 +115,11 @@ class RAMForTraining(RAM):
                 # Official pretraining: loss_t2t + loss_tag / (loss_tag / loss_t2t).detach()
                 weight = weight * (out["captioning"] / out["tagging"].clamp(min=1e-8)).detach()
             total = total + weight * out["tagging"]
-        if self.loss_cfg.distillation != "off" and batch.get("teacher") is not None:
+        if self.loss_cfg.distillation == "features":
+            if batch.get("teacher") is None:
+                from ram_edge.errors import ConfigError
+
+                raise ConfigError("loss.distillation is 'features' but a batch has samples without 'teacher' embeddings")
             out["distillation"] = distillation_loss(embeds[:, 0, :], batch["teacher"])
             total = total + self.loss_cfg.distillation_weight * out["distillation"]
         out["loss"] = total
