@@ -230,3 +230,35 @@ def test_distillation_towards_stored_teacher_features(tmp_path):
     cfg["loss"] = {"distillation": "clip"}
     with pytest.raises(ConfigError, match="not supported"):
         Trainer(TrainConfig.from_dict(cfg), progress=False)
+
+
+@pytest.mark.slow
+def test_fine_tune_converted_official_checkpoint_with_new_tags(converted_golden, tmp_path):
+    """Old tags keep the official label queries; new tags get fresh ones; the rest starts from the checkpoint."""
+    from ram_edge.models.checkpoint import load_checkpoint
+    from ram_edge.training.config import TrainConfig
+    from ram_edge.training.loop import Trainer
+
+    official, info = load_checkpoint(converted_golden["ram_tiny"])
+    old = ["dog", "cat", "red"]
+    assert all(t in info.labels.tags for t in old)
+    (tmp_path / "labels.tsv").write_text("tag\tsynonyms\n" + "".join(f"{t}\t\n" for t in [*old, "red square", "blue circle"]))
+    data = make_dataset(tmp_path / "data", 8, seed=6)
+    cfg = {
+        "output_dir": str(tmp_path / "run"), "init_from": str(converted_golden["ram_tiny"]),
+        "labels": str(tmp_path / "labels.tsv"), "text_encoder": "learned",
+        "data": {"kind": "jsonl", "path": str(data), "tags_from": "parse"},
+        "optim": {"lr": 1e-4, "warmup_steps": 1}, "batch_size": 4, "total_steps": 2, "checkpoint_every": 2, "log_every": 1,
+    }
+    trainer = Trainer(TrainConfig.from_dict(cfg), progress=False)
+    model = trainer.model
+    assert model.config.swin == info.config.swin and model.config.num_classes == 5
+    for i, tag in enumerate(old):
+        assert torch.equal(model.label_embed[i], official.label_embed[info.labels.tags.index(tag)])
+    start = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("visual_encoder.")}
+    assert all(torch.equal(start[k], official.state_dict()[k]) for k in start)
+    trainer.train()
+    tuned, tuned_info = load_checkpoint(tmp_path / "run" / "model")
+    assert tuned_info.labels.tags == [*old, "red square", "blue circle"]
+    # The encoder moved away from the official weights ("learned" queries train too, so they are not checked here).
+    assert not all(torch.equal(tuned.state_dict()[k], start[k]) for k in start)
