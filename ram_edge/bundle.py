@@ -14,7 +14,7 @@ from typing import Any
 
 from .config import PreprocessConfig
 from .errors import BundleError, ConfigError, LabelError
-from .fileio import atomic_file, sha256_file
+from .fileio import atomic_file, read_versioned_json, sha256_file
 from .labels import LabelSet
 
 MANIFEST = "manifest.json"
@@ -71,20 +71,8 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Parse manifest.json, check the format version and (by default) every file's sha256."""
     path = Path(path)
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"{path}: not a bundle (no {MANIFEST}); create one with `ram-edge export`")
-    try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: unreadable manifest ({exc}); re-export the bundle") from None
-    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{manifest_path}: not a ram-edge bundle manifest (format is not {BUNDLE_FORMAT!r})")
-    version = data.get("format_version")
-    if version != BUNDLE_VERSION:
-        raise BundleError(
-            f"{manifest_path}: bundle format version {version!r} is not supported by this ram-edge "
-            f"(supports {BUNDLE_VERSION}); upgrade ram-edge or re-export the bundle"
-        )
+    data = read_versioned_json(manifest_path, fmt=BUNDLE_FORMAT, version=BUNDLE_VERSION, error=BundleError,
+                               what="ram-edge bundle", create_hint="create one with `ram-edge export`", fix="re-export the bundle")
     try:
         model_format = data["model_format"]
         if model_format not in MODEL_FORMATS:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_file
+from .fileio import atomic_file, read_versioned_json
 from .labels import LabelSet
 
 FORMAT = "ram-edge-checkpoint"
@@ -62,20 +62,9 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
     """Read config and labels of a checkpoint directory, checking that they agree."""
     path = Path(path)
     config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{path}: not a ram-edge checkpoint directory (no {CONFIG_FILE}); create one with `ram-edge convert`")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config_path}: unreadable ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{config_path}: not a ram-edge checkpoint config (format is not {FORMAT!r})")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{config_path}: checkpoint format version {version!r} is not supported by this ram-edge "
-            f"(supports {FORMAT_VERSION}); upgrade ram-edge or re-convert the checkpoint"
-        )
+    data = read_versioned_json(config_path, fmt=FORMAT, version=FORMAT_VERSION, error=CheckpointError,
+                               what="ram-edge checkpoint", create_hint="create one with `ram-edge convert`",
+                               fix="re-convert the checkpoint")
     try:
         config = ModelConfig.from_dict(data.get("model", {}))
     except ConfigError as exc:

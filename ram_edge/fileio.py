@@ -79,3 +79,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_versioned_json(path: Path, *, fmt: str, version: int, error: type[Exception], what: str, create_hint: str, fix: str) -> dict:
+    """Read a ram-edge JSON file (checkpoint config, bundle manifest), checking its format and version."""
+    import json
+
+    if not path.is_file():
+        raise error(f"{path.parent}: not a {what} (no {path.name}); {create_hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: unreadable ({exc}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path}: not a {what} file (format is not {fmt!r})")
+    found = data.get("format_version")
+    if found != version:
+        raise error(
+            f"{path}: {what} format version {found!r} is not supported by this ram-edge "
+            f"(supports {version}); upgrade ram-edge or {fix}"
+        )
+    return data
