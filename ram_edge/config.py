@@ -56,6 +56,9 @@ class PreprocessConfig:
         return _from_dict(cls, data, "preprocess")
 
 
+STEMS = ("patch", "conv", "conv_bn")
+
+
 @dataclass
 class SwinConfig:
     """Swin transformer image encoder shape."""
@@ -73,12 +76,13 @@ class SwinConfig:
     # "patch": one patch_size x patch_size convolution (the official Swin). "conv": a stack of
     # 3x3 stride-2 convolutions reaching the same stride, which trains much faster from scratch
     # on small data (Xiao et al. 2021, "Early convolutions help transformers see better").
+    # "conv_bn": the same with BatchNorm + ReLU and an extra stride-1 layer (a ResNet-style stem).
     stem: str = "patch"
 
     def __post_init__(self) -> None:
-        if self.stem not in ("patch", "conv"):
-            raise ConfigError(f"swin: unknown stem {self.stem!r}; valid: 'patch', 'conv'")
-        if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
+        if self.stem not in STEMS:
+            raise ConfigError(f"swin: unknown stem {self.stem!r}; valid: {', '.join(repr(s) for s in STEMS)}")
+        if self.stem != "patch" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
             raise ConfigError(f"swin: a conv stem needs a power-of-two patch_size, got {self.patch_size}")
         self.depths = tuple(int(d) for d in self.depths)
         self.num_heads = tuple(int(h) for h in self.num_heads)

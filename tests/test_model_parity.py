@@ -70,16 +70,25 @@ def test_config_json_round_trip():
     assert config.des_per_class == 51 and config.swin.num_features == 1536 and config.swin.num_tokens == 144
 
 
-def test_conv_stem_variant_builds_and_keeps_token_grid():
+STEM_LAYERS = {
+    "conv": ["Conv2d", "GELU", "Conv2d", "GELU", "Conv2d"],
+    "conv_bn": ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"],
+}
+
+
+@pytest.mark.parametrize("stem", sorted(STEM_LAYERS))
+def test_conv_stem_variant_builds_and_keeps_token_grid(stem):
     from ram_edge.config import HeadConfig, PreprocessConfig, SwinConfig
 
-    swin = SwinConfig(image_size=64, patch_size=8, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, stem="conv")
+    swin = SwinConfig(image_size=64, patch_size=8, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, stem=stem)
     config = ModelConfig(family="ram", swin=swin, head=HeadConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32),
                          num_classes=5, embed_dim=16, label_embed_dim=8, preprocess=PreprocessConfig(image_size=64))
     model = build_model(config)
     with torch.no_grad():
         tokens = model.forward_features(torch.zeros(2, 3, 64, 64))
     assert tokens.shape == (2, 1 + 4 * 4, 16)  # 64 / 8 = 8x8 patches, merged once to 4x4
-    assert [type(m).__name__ for m in model.visual_encoder.patch_embed.proj] == ["Conv2d", "GELU", "Conv2d", "GELU", "Conv2d"]
+    assert [type(m).__name__ for m in model.visual_encoder.patch_embed.proj] == STEM_LAYERS[stem]
     with pytest.raises(Exception, match="power-of-two"):
-        SwinConfig(image_size=60, patch_size=6, embed_dim=16, depths=(1,), num_heads=(1,), window_size=10, stem="conv")
+        SwinConfig(image_size=60, patch_size=6, embed_dim=16, depths=(1,), num_heads=(1,), window_size=10, stem=stem)
+    with pytest.raises(Exception, match="unknown stem"):
+        SwinConfig(image_size=64, patch_size=8, embed_dim=16, depths=(1,), num_heads=(1,), window_size=8, stem="resnet")

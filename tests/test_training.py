@@ -262,3 +262,99 @@ def test_fine_tune_converted_official_checkpoint_with_new_tags(converted_golden,
     assert tuned_info.labels.tags == [*old, "red square", "blue circle"]
     # The encoder moved away from the official weights ("learned" queries train too, so they are not checked here).
     assert not all(torch.equal(tuned.state_dict()[k], start[k]) for k in start)
+
+
+def _clip_run(tmp_path):
+    from tiny_clip import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip", projection_dim=32)
+    data = make_dataset(tmp_path / "data", 16, seed=7)
+    cfg = tiny_config(tmp_path, data, total_steps=4, log_every=2, batch_size=8)
+    cfg["model"].update({"family": "ram_plus", "des_per_class": 2, "label_embed_dim": 32})
+    cfg["loss"] = {"distillation": f"clip:{clip}", "alignment": True, "alignment_text_encoder": f"clip:{clip}"}
+    return clip, cfg
+
+
+def test_clip_teacher_and_ram_plus_alignment_train(tmp_path):
+    """The official RAM++ recipe: L1 towards a frozen CLIP image tower, plus image-text alignment on captions."""
+    transformers = pytest.importorskip("transformers")
+    from ram_edge.training.config import TrainConfig
+    from ram_edge.training.loop import Trainer
+
+    clip_dir, cfg = _clip_run(tmp_path)
+    trainer = Trainer(TrainConfig.from_dict(cfg), progress=False)
+    # The teacher is the CLIP image tower's projected embedding of the (renormalised) batch.
+    clip = transformers.CLIPModel.from_pretrained(clip_dir).eval()
+    images = torch.randn(3, 3, 32, 32)
+    from ram_edge.training.teachers import renormalise
+
+    pixels = renormalise(images, trainer.model.config.preprocess, 32, trainer.teacher.mean, trainer.teacher.std)
+    with torch.no_grad():
+        expected = clip.get_image_features(pixel_values=pixels)
+    assert torch.allclose(trainer.teacher(images), expected, atol=1e-5)
+    # Caption queries are the CLIP text embeddings (unit rows, label_embed_scale 1, not centred).
+    from ram_edge.export.vocab import ClipTextEncoder
+
+    captions = ["a red square", "two blue circles"]
+    text = trainer.caption_embedder(captions)
+    assert np.allclose(text.numpy(), ClipTextEncoder(clip_dir).encode(captions), atol=1e-6)
+    # Every teacher weight stays out of the checkpoint and the optimizer.
+    assert not any(k.startswith(("teacher", "clip", "caption_embedder")) for k in trainer.model.state_dict())
+    trainer.train()
+    records = [r for r in _log(tmp_path / "run") if "alignment" in r]
+    assert len(records) == 2
+    assert all(np.isfinite(r["distillation"]) and r["distillation"] > 0 for r in records)
+    assert all(np.isfinite(r["alignment"]) and r["alignment"] > 0 for r in records)
+
+
+def test_alignment_loss_pairs_each_image_with_its_own_caption():
+    from ram_edge.config import ModelConfig
+    from ram_edge.training.config import LossConfig
+    from ram_edge.training.losses import AsymmetricLoss
+    from ram_edge.training.model import RAMForTraining
+
+    config = ModelConfig.from_dict({
+        "family": "ram_plus", "des_per_class": 2, "num_classes": 3, "embed_dim": 16, "label_embed_dim": 8,
+        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1], "num_heads": [1], "window_size": 8},
+        "head": {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32, "num_hidden_layers": 1},
+        "preprocess": {"image_size": 32},
+    })
+    torch.manual_seed(0)
+    model = RAMForTraining(config, LossConfig(alignment=True)).eval()
+    embeds = model.forward_features(torch.randn(3, 3, 32, 32))
+    text = torch.randn(3, 8)
+    loss = model.alignment_loss(embeds, text)
+    # By hand: logit[i, j] = the decoder's score of caption j as a query on image i; the diagonal is positive.
+    logits = torch.zeros(3, 3)
+    for i in range(3):
+        for j in range(3):
+            query = torch.relu(model.wordvec_proj(text[j])).view(1, 1, -1)
+            logits[i, j] = model.forward_head(embeds[i:i + 1], query)[0, 0]
+    expected = AsymmetricLoss(4.0, 0.0, 0.05)(logits, torch.eye(3)) / 3
+    assert torch.allclose(loss, expected, atol=1e-5)
+    from ram_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="8-d"):
+        model.alignment_loss(embeds, torch.randn(3, 5))
+    with pytest.raises(ConfigError, match="no caption embeddings"):
+        model.alignment_loss(embeds, None)
+
+
+def test_clip_teacher_errors_name_the_fix(tmp_path):
+    from ram_edge.errors import ConfigError
+    from ram_edge.training.config import TrainConfig
+    from ram_edge.training.loop import Trainer
+
+    clip_dir, cfg = _clip_run(tmp_path)
+    bad = dict(cfg, loss={"distillation": f"clip:{tmp_path / 'nowhere'}"})
+    with pytest.raises(ConfigError, match="not a Hugging Face CLIP directory"):
+        Trainer(TrainConfig.from_dict(bad), progress=False)
+    # A teacher narrower than the pooled token: the error names model.embed_dim.
+    narrow = dict(cfg, loss={"distillation": f"clip:{clip_dir}"})
+    narrow["model"] = dict(cfg["model"], family="ram", des_per_class=1, embed_dim=16)
+    with pytest.raises(ConfigError, match="model.embed_dim"):
+        Trainer(TrainConfig.from_dict(narrow), progress=False).train()
+    # 'learned' queries cannot embed captions.
+    no_text = dict(cfg, loss={"alignment": True})
+    with pytest.raises(ConfigError, match="alignment_text_encoder"):
+        Trainer(TrainConfig.from_dict(no_text), progress=False)

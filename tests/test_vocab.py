@@ -23,46 +23,9 @@ from ram_edge.export.vocab import (
     tag_embeddings,
 )
 from conftest import REPO, require_shared
+from tiny_clip import need_transformers as _need_transformers, tiny_text_config as _tiny_text_config
 
 DIM = 16
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable character table (what CLIP's vocab.json is written in)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def _need_transformers():
-    pytest.importorskip("torch", reason="the torch extra is needed: pip install 'ram-edge[torch]'")
-    return pytest.importorskip(
-        "transformers", reason="computing tag embeddings needs transformers: pip install 'transformers>=4.40,<5'"
-    )
-
-
-def _tiny_text_config(path):
-    """Write a CLIPTokenizer (every byte a token, no merges) into `path`; return text-config kwargs."""
-    transformers = _need_transformers()
-    chars = list(_bytes_to_unicode().values())
-    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = transformers.CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
-    tokenizer.save_pretrained(path)
-    return dict(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 @pytest.fixture(scope="session")

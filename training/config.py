@@ -51,7 +51,9 @@ class LossConfig:
 
     tagging: bool = True
     captioning: bool = False
-    distillation: str = "off"  # "off" or "features" (teacher image embeddings stored with each sample)
+    # "off"; "features" (teacher image embeddings stored with each sample); or "clip:<local dir>" (a frozen
+    # CLIP image tower computing them on the fly, as the official recipe does with CLIP ViT-B/16).
+    distillation: str = "off"
     gamma_neg: float = 7.0
     gamma_pos: float = 0.0
     clip: float = 0.05
@@ -59,6 +61,12 @@ class LossConfig:
     balance_tagging_to_captioning: bool = True
     tagging_weight: float = 1.0
     distillation_weight: float = 1.0
+    # RAM++'s image-text alignment: each image's caption embedding is one more decoder query, positive for
+    # its own image and negative for the others of the batch (ASL with gamma_neg 4, as official).
+    alignment: bool = False
+    alignment_weight: float = 1.0
+    alignment_gamma_neg: float = 4.0
+    alignment_text_encoder: str | None = None  # default: the run's text_encoder ('clip:<dir>' or 'minilm')
     # Sample the decoder's queries per batch: all positives + this many random negatives (None: all).
     sampled_negatives: int | None = None
 

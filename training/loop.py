@@ -132,6 +132,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.model, self.labels = build_training_model(cfg)
         self.model.to(self.dist.device)
+        self._build_teachers()
         self.engine: torch.nn.Module = TrainForward(self.model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -148,6 +149,28 @@ class Trainer:
         self.step = self.epoch = self.batches_in_epoch = 0
         self.skipped = 0
         self._build_data()
+
+    # ------------------------------------------------------------ frozen teachers
+    def _build_teachers(self) -> None:
+        """The CLIP image teacher and the caption text encoder, when the losses need them."""
+        from .teachers import ClipImageTeacher, CaptionEmbedder
+
+        loss = self.cfg.loss
+        self.teacher = None
+        if loss.distillation.startswith("clip:"):
+            self.teacher = ClipImageTeacher(loss.distillation, self.model.config.preprocess, self.dist.device)
+        self.caption_embedder = None
+        if loss.alignment:
+            kind = loss.alignment_text_encoder or self.cfg.text_encoder
+            self.caption_embedder = CaptionEmbedder(kind, self.model.label_embed_center, self.cfg.label_embed_scale, self.dist.device)
+
+    def _add_targets(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Teacher image embeddings and caption embeddings for this batch (computed without gradient)."""
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher(batch["image"])
+        if self.caption_embedder is not None:
+            batch["text_embed"] = self.caption_embedder(batch["caption"])
+        return batch
 
     # ------------------------------------------------------------ data
     def _build_data(self) -> None:
@@ -259,6 +282,7 @@ class Trainer:
                 if batch["size"] == 0:
                     continue
                 batch = {k: (v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                batch = self._add_targets(batch)
                 last_micro = micro + 1 == cfg.grad_accum
                 sync = self.engine.no_sync() if (self.dist.world > 1 and not last_micro) else contextlib.nullcontext()
                 with sync, torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):

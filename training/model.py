@@ -25,16 +25,16 @@ class RAMForTraining(RAM):
     def __init__(self, config: ModelConfig, loss: LossConfig, caption: dict[str, Any] | None = None, learned_queries: bool = False) -> None:
         super().__init__(config)
         self.loss_cfg = loss
-        if loss.distillation not in ("off", "features"):
+        if loss.distillation not in ("off", "features") and not loss.distillation.startswith("clip:"):
             from ram_edge.errors import ConfigError
 
-            # A CLIP image tower computing teacher embeddings on the fly is not built yet.
             raise ConfigError(
-                f"loss.distillation {loss.distillation!r} is not supported; use 'features' (teacher embeddings "
-                f"stored with each sample as 'teacher') or 'off'"
+                f"loss.distillation {loss.distillation!r} is not supported; use 'clip:<local CLIP dir>' (a frozen CLIP "
+                f"image tower), 'features' (teacher embeddings stored with each sample as 'teacher') or 'off'"
             )
         self.label_embed.requires_grad_(learned_queries)
         self.asl = AsymmetricLoss(loss.gamma_neg, loss.gamma_pos, loss.clip)
+        self.alignment_asl = AsymmetricLoss(loss.alignment_gamma_neg, 0.0, loss.clip)
         self.caption_cfg = None
         self.tokenizer = None
         if loss.captioning:
@@ -115,15 +115,45 @@ class RAMForTraining(RAM):
                 # Official pretraining: loss_t2t + loss_tag / (loss_tag / loss_t2t).detach()
                 weight = weight * (out["captioning"] / out["tagging"].clamp(min=1e-8)).detach()
             total = total + weight * out["tagging"]
-        if self.loss_cfg.distillation == "features":
+        if self.loss_cfg.distillation != "off":
             if batch.get("teacher") is None:
                 from ram_edge.errors import ConfigError
 
-                raise ConfigError("loss.distillation is 'features' but a batch has samples without 'teacher' embeddings")
-            out["distillation"] = distillation_loss(embeds[:, 0, :], batch["teacher"])
+                raise ConfigError(
+                    f"loss.distillation is {self.loss_cfg.distillation!r} but a batch has samples without 'teacher' embeddings"
+                )
+            teacher = batch["teacher"]
+            if teacher.shape[-1] != embeds.shape[-1]:
+                from ram_edge.errors import ConfigError
+
+                raise ConfigError(
+                    f"teacher embeddings are {teacher.shape[-1]}-d but the model's pooled image token is {embeds.shape[-1]}-d; "
+                    f"set model.embed_dim to the teacher's width (512 for CLIP ViT-B/16)"
+                )
+            out["distillation"] = distillation_loss(embeds[:, 0, :], teacher)
             total = total + self.loss_cfg.distillation_weight * out["distillation"]
+        if self.loss_cfg.alignment:
+            out["alignment"] = self.alignment_loss(embeds, batch.get("text_embed"))
+            total = total + self.loss_cfg.alignment_weight * out["alignment"]
         out["loss"] = total
         return out
+
+    def alignment_loss(self, embeds: torch.Tensor, text_embed: torch.Tensor | None) -> torch.Tensor:
+        """RAM++ image-text alignment: caption queries of the whole batch against every image, own caption positive."""
+        from ram_edge.errors import ConfigError
+
+        if text_embed is None:
+            raise ConfigError("loss.alignment is on but the batch has no caption embeddings ('text_embed')")
+        if text_embed.shape[-1] != self.config.label_embed_dim:
+            raise ConfigError(
+                f"caption embeddings are {text_embed.shape[-1]}-d but label queries are {self.config.label_embed_dim}-d; "
+                f"use the text encoder that made the label queries"
+            )
+        batch = embeds.shape[0]
+        queries = torch.relu(self.wordvec_proj(text_embed.to(embeds.dtype))).unsqueeze(0).expand(batch, -1, -1)
+        logits = self.forward_head(embeds, queries)  # (images, captions)
+        targets = torch.eye(batch, device=logits.device, dtype=logits.dtype)
+        return self.alignment_asl(logits, targets) / batch
 
     def _tag_string(self, target_row: torch.Tensor) -> str:
         """The tags of one image as the official ' | '-joined string fed to the tag encoder."""
@@ -132,6 +162,7 @@ class RAMForTraining(RAM):
         return " | ".join(names[i] for i in ids if i < len(names))
 
     tag_names: list[str] | None = None
+    label_embed_center = None  # the mean removed from text-encoder queries (center_label_embed), if any
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

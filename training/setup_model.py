@@ -109,7 +109,8 @@ def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
         else:
             new = text_embeddings(cfg.text_encoder, [labels.tags[i] for i in missing], config.family, des)
             if cfg.center_label_embed:
-                new, _ = center_embeddings(new)
+                new, mean = center_embeddings(new)
+                model.label_embed_center = mean  # caption embeddings (alignment) are centred the same way
             if new.shape[-1] != config.label_embed_dim:
                 raise ConfigError(
                     f"text encoder {cfg.text_encoder!r} gives {new.shape[-1]}-d embeddings but the model's "

@@ -182,15 +182,37 @@ class ConvStem(nn.Sequential):
         super().__init__(*layers)
 
 
+class ConvBNStem(nn.Sequential):
+    """A ResNet-style stem: 3x3 conv + BatchNorm + ReLU layers (one extra at stride 1) down to the patch stride."""
+
+    def __init__(self, cfg: SwinConfig) -> None:
+        layers: list[nn.Module] = []
+        steps = cfg.patch_size.bit_length() - 1
+        plan = [(2, cfg.embed_dim // 2), (1, cfg.embed_dim // 2)] + [(2, cfg.embed_dim)] * (steps - 1)
+        channels = cfg.in_chans
+        for i, (stride, out) in enumerate(plan):
+            last = i == len(plan) - 1
+            # The last conv feeds the LayerNorm of PatchEmbed directly, as the patch projection does.
+            layers.append(nn.Conv2d(channels, out, kernel_size=3, stride=stride, padding=1, bias=last))
+            if not last:
+                layers += [nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels = out
+        super().__init__(*layers)
+
+
+STEM_BUILDERS = {
+    "patch": lambda cfg: nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size),
+    "conv": ConvStem,
+    "conv_bn": ConvBNStem,
+}
+
+
 class PatchEmbed(nn.Module):
     """Patch projection (one conv, or a conv stem) followed by LayerNorm."""
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()
-        if cfg.stem == "conv":
-            self.proj = ConvStem(cfg)
-        else:
-            self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.proj = STEM_BUILDERS[cfg.stem](cfg)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
