@@ -176,7 +176,9 @@ def finalize() -> None:
         "steps": max(r.get("step", 0) for r in log), "train_log_tail": [r for r in log if "eval_map" in r],
     }
     (WORK / "results.json").write_text(json.dumps(results, indent=1))
-    write_report(results, log)
+    results["batch_size"] = int(cfg["batch_size"])
+    results["architecture"] = describe_architecture(final)
+    write_report(results, log, run)
     print(json.dumps({k: v for k, v in results.items() if k != "train_log_tail"}, indent=1))
 
 
@@ -195,7 +197,18 @@ def ship_examples(folder: Path, count: int = 6) -> None:
     (folder / "examples.json").write_text(json.dumps(truth, indent=1) + "\n")
 
 
-def write_report(results: dict, log: list[dict]) -> None:
+def describe_architecture(model_dir: Path) -> str:
+    """One line: encoder, decoder, parameter count and checkpoint size of a checkpoint directory."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg = cfg.get("model", cfg)
+    sw, hd = cfg["swin"], cfg["head"]
+    size = (model_dir / "model.safetensors").stat().st_size / 2**20
+    return (f"Swin ({sw.get('stem', 'patch')} stem, patch {sw['patch_size']}, width {sw['embed_dim']}, depths {sw['depths']}, "
+            f"window {sw['window_size']}, {sw['image_size']} px) -> {hd['num_hidden_layers']}-layer cross-attention decoder, "
+            f"hidden {hd['hidden_size']}; tagging checkpoint {size:.1f} MB (safetensors, fp32)")
+
+
+def write_report(results: dict, log: list[dict], run: Path) -> None:
     """benchmarks/default_model.md"""
     evals = "\n".join(f"| {r['step']} | {r['eval_map']:.1f} |" for r in log if "eval_map" in r)
     losses = [r for r in log if "loss" in r]
@@ -207,7 +220,8 @@ Recipe: `recipes/default_model/train.yaml`. Training log: `benchmarks/default_mo
 
 | metric | value |
 | --- | --- |
-| steps x batch | {results['steps']} x 64 |
+| model | {results['architecture']} |
+| steps x batch | {results['steps']} x {results['batch_size']} |
 | training speed (median) | {speed:.1f} images/s |
 | seen categories, new images: mAP | **{results['seen_test_map']:.1f}** |
 | seen: macro F1 / P / R at the shipped (tuned) thresholds | {results['seen_test_f1_tuned']:.1f} / {results['seen_test_precision_tuned']:.1f} / {results['seen_test_recall_tuned']:.1f} |
@@ -230,7 +244,7 @@ Validation mAP during training:
 | --- | --- |
 {evals}
 """)
-    shutil.copy(WORK / "run" / "log.jsonl", REPO / "benchmarks" / "default_model_train_log.jsonl")
+    shutil.copy(run / "log.jsonl", REPO / "benchmarks" / "default_model_train_log.jsonl")
 
 
 def main() -> None:
