@@ -384,6 +384,12 @@ class Trainer:
             self.log({"event": "finished", "step": self.step, "ranks_identical": len(set(gathered)) == 1, "skipped": self.skipped})
         self.dist.barrier()
 
+    def _query_space(self) -> dict[str, Any]:
+        """How text embeddings became label queries, so that export can embed new tags the same way."""
+        center = self.model.label_embed_center
+        return {"text_encoder": self.cfg.text_encoder, "scale": self.cfg.label_embed_scale,
+                "center": None if center is None else [float(v) for v in np.asarray(center).ravel()]}
+
     def export_checkpoint(self, path: Path) -> Path:
         """The trained model as an ordinary checkpoint directory (captioning weights kept aside)."""
         from ram_edge.models import RAM
@@ -393,7 +399,8 @@ class Trainer:
         inference.load_state_dict(self.model.inference_state_dict(), strict=True)
         extra = self.model.captioning_state_dict() or None
         return save_checkpoint(inference.eval(), self.labels.to_label_set(), path, overwrite=True,
-                               source={"kind": "trained", "steps": self.step, "config": self.cfg.to_dict()},
+                               source={"kind": "trained", "steps": self.step, "config": self.cfg.to_dict(),
+                                       "label_queries": self._query_space()},
                                extra_tensors=extra)
 
 

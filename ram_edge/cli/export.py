@@ -29,7 +29,8 @@ def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None
 @click.option("--tags", default=None, help="Comma-separated tag names: export only these queries.")
 @click.option("--tags-file", type=click.Path(dir_okay=False), default=None, help="File with one tag name per line: export only these.")
 @click.option("--vocab", type=click.Path(dir_okay=False), default=None, help="Open-set vocabulary: one tag per line, or RAM++ JSON tag -> descriptions.")
-@click.option("--text-encoder", type=click.Path(file_okay=False), default=None, help="Local CLIP text model directory for --vocab.")
+@click.option("--text-encoder", default=None,
+              help="For --vocab: a local CLIP text model directory, or 'minilm' for models trained with MiniLM queries (the default model).")
 @click.option("--vocab-threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Threshold for --vocab tags [official open-set default].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
@@ -57,12 +58,21 @@ def export(model, output, fmt, precision, tags, tags_file, vocab, text_encoder, 
 
 
 def _vocab_embeddings(model: str, vocab: str, text_encoder: str, threshold: float | None):
-    """(tags, embeddings, threshold) for an open-set vocabulary, computed with a local CLIP text model."""
+    """(tags, embeddings, threshold) for an open-set vocabulary, in the checkpoint's label-query space."""
     from ..checkpoint_dir import read_checkpoint_dir
     from ..export import vocab as vocab_mod
 
-    config = read_checkpoint_dir(model).config
+    from ..export.query_space import MINILM, check_clip_space, minilm_vocab_embeddings
+
+    info = read_checkpoint_dir(model)
+    config = info.config
     names, descriptions = vocab_mod.read_vocab(vocab)
+    threshold = vocab_mod.DEFAULT_OPEN_SET_THRESHOLD if threshold is None else threshold
+    if text_encoder == MINILM:
+        if descriptions:
+            raise RamEdgeError(f"{vocab}: tag descriptions need a CLIP text encoder; give one tag per line for --text-encoder minilm")
+        return names, minilm_vocab_embeddings(info, names), threshold
+    check_clip_space(info)
     encoder = vocab_mod.ClipTextEncoder(text_encoder)
     if config.family == "ram_plus":
         # The checkpoint's layout (des_per_class rows per tag), so the per-image mixing stays as trained;
@@ -72,4 +82,4 @@ def _vocab_embeddings(model: str, vocab: str, text_encoder: str, threshold: floa
         if descriptions:
             raise RamEdgeError(f"{vocab}: tag descriptions are for RAM++ models; {model} is a RAM model (give one tag per line)")
         embed = vocab_mod.tag_embeddings(encoder, names)
-    return names, embed, vocab_mod.DEFAULT_OPEN_SET_THRESHOLD if threshold is None else threshold
+    return names, embed, threshold

@@ -183,12 +183,21 @@ class ConvStem(nn.Sequential):
 
 
 class ConvBNStem(nn.Sequential):
-    """A ResNet-style stem: 3x3 conv + BatchNorm + ReLU layers (one extra at stride 1) down to the patch stride."""
+    """A ResNet-style stem: 3x3 conv + BatchNorm + ReLU layers down to the patch stride.
+
+    Widths start at 32 (one extra stride-1 layer there) and double with each stride-2 layer up to
+    embed_dim, so that a long stem (patch 16) stays cheap at full resolution.
+    """
 
     def __init__(self, cfg: SwinConfig) -> None:
         layers: list[nn.Module] = []
         steps = cfg.patch_size.bit_length() - 1
-        plan = [(2, cfg.embed_dim // 2), (1, cfg.embed_dim // 2)] + [(2, cfg.embed_dim)] * (steps - 1)
+        width = min(32, cfg.embed_dim)
+        plan = [(2, width), (1, width)]
+        for _ in range(steps - 1):
+            width = min(width * 2, cfg.embed_dim)
+            plan.append((2, width))
+        plan[-1] = (plan[-1][0], cfg.embed_dim)
         channels = cfg.in_chans
         for i, (stride, out) in enumerate(plan):
             last = i == len(plan) - 1

@@ -110,8 +110,6 @@ def finalize() -> None:
     from ram_edge.labels import LabelSet
     from ram_edge.training.label_system import LabelSystem
     from ram_edge.training.metrics import mean_average_precision, precision_recall_f1, tune_thresholds
-    from ram_edge.training.text_encoder import MiniLMEncoder, prompt_ensemble
-
     import yaml
 
     cfg = yaml.safe_load((HERE / "train.yaml").read_text())
@@ -133,16 +131,12 @@ def finalize() -> None:
     prf05 = precision_recall_f1(test_probs > 0.5, test_t)
     # 3. held-out categories: queries from the text encoder only (the model never saw these tags)
     held = LabelSystem.load(DATA / "labels_heldout.tsv")
-    scale = float(cfg.get("label_embed_scale", 1.0))
-    encoder = MiniLMEncoder()
-    held_embed = prompt_ensemble(encoder, held.tags)
-    if cfg.get("center_label_embed"):
-        # New tags are centred with the mean the training used: that of the seen tags' embeddings.
-        from ram_edge.training.setup_model import center_embeddings
+    # The same computation as `ram-edge export --vocab FILE --text-encoder minilm`.
+    from ram_edge.checkpoint_dir import read_checkpoint_dir
+    from ram_edge.export.query_space import minilm_vocab_embeddings
 
-        _, seen_mean = center_embeddings(prompt_ensemble(encoder, list(tags)))
-        held_embed, _ = center_embeddings(held_embed, seen_mean)
-    held_embed = held_embed * scale
+    held_embed = minilm_vocab_embeddings(read_checkpoint_dir(final), held.tags)
+    scale = float(cfg.get("label_embed_scale", 1.0))
     h_probs, h_t, _ = _scores(final, "heldout", held_embed.astype(np.float32), held.tags)
     held_map = 100 * mean_average_precision(h_probs, h_t)
     rng = np.random.default_rng(0)

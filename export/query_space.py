@@ -1,0 +1,88 @@
+"""Label queries for new tags in the space a checkpoint was trained in: which text encoder made its
+queries, how they were scaled, and which mean was removed (`center_label_embed`).
+
+Official checkpoints use CLIP ViT-B/16 prompt-ensemble embeddings as they are. Models trained by
+ram-edge record their query space in config.json (`source.label_queries`); older trained
+checkpoints are read from the training config kept beside it (`source.config`), the centre then
+being recomputed as training did from scratch: the mean of the checkpoint's own tags' embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ram_edge.checkpoint_dir import CheckpointInfo
+from ram_edge.errors import ExportError
+
+MINILM = "minilm"
+
+
+@dataclass
+class QuerySpace:
+    """How text embeddings became this checkpoint's label queries."""
+
+    text_encoder: str  # "clip" (official / clip:<dir>) or "minilm"
+    scale: float = 1.0
+    center: np.ndarray | None = None
+    recompute_center: bool = False  # centred, but the mean was not recorded
+
+
+def query_space(info: CheckpointInfo) -> QuerySpace:
+    """The query space of a checkpoint directory (official ones: plain CLIP)."""
+    source = info.source or {}
+    recorded = source.get("label_queries")
+    if isinstance(recorded, dict):
+        center = recorded.get("center")
+        return QuerySpace(_kind(str(recorded.get("text_encoder", "clip"))), float(recorded.get("scale", 1.0)),
+                          None if center is None else np.asarray(center, np.float32))
+    train = source.get("config") if source.get("kind") == "trained" else None
+    if isinstance(train, dict):
+        centred = bool(train.get("center_label_embed", False))
+        return QuerySpace(_kind(str(train.get("text_encoder", "clip"))), float(train.get("label_embed_scale", 1.0)),
+                          recompute_center=centred)
+    return QuerySpace("clip")
+
+
+def _kind(text_encoder: str) -> str:
+    # "checkpoint" keeps the initial checkpoint's queries: official (CLIP) ones, for the fine-tuning ram-edge documents.
+    if text_encoder == MINILM:
+        return MINILM
+    return "clip" if text_encoder.startswith("clip") or text_encoder == "checkpoint" else text_encoder
+
+
+def minilm_vocab_embeddings(info: CheckpointInfo, names: Sequence[str]) -> np.ndarray:
+    """RAM label_embed rows for `names` with all-MiniLM-L6-v2, in the checkpoint's query space."""
+    space = query_space(info)
+    if space.text_encoder != MINILM:
+        raise ExportError(
+            f"{info.path}'s label queries come from a {space.text_encoder!r} text encoder, not MiniLM; "
+            f"pass --text-encoder <local CLIP text model directory>"
+        )
+    if info.config.family != "ram":
+        raise ExportError(f"{info.path} is a {info.config.family} model; MiniLM vocabularies are for RAM models")
+    from ram_edge.training.setup_model import center_embeddings
+    from ram_edge.training.text_encoder import MiniLMEncoder, prompt_ensemble
+
+    encoder = MiniLMEncoder()
+    embed = prompt_ensemble(encoder, list(names))
+    center = space.center
+    if center is None and space.recompute_center:
+        _, center = center_embeddings(prompt_ensemble(encoder, list(info.labels.tags)))
+    if center is not None:
+        embed, _ = center_embeddings(embed, center)
+    return (embed * space.scale).astype(np.float32)
+
+
+def check_clip_space(info: CheckpointInfo) -> None:
+    """Refuse a CLIP vocabulary for a checkpoint whose queries came from another encoder or were rescaled."""
+    space = query_space(info)
+    if space.text_encoder != "clip" or space.scale != 1.0 or space.center is not None or space.recompute_center:
+        hint = "pass --text-encoder minilm" if space.text_encoder == MINILM else "use the text encoder it was trained with"
+        raise ExportError(
+            f"{info.path}'s label queries are {space.text_encoder!r} embeddings (scale {space.scale:g}"
+            f"{', centred' if space.center is not None or space.recompute_center else ''}); plain CLIP embeddings "
+            f"would not match them: {hint}"
+        )
