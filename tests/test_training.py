@@ -358,3 +358,35 @@ def test_clip_teacher_errors_name_the_fix(tmp_path):
     no_text = dict(cfg, loss={"alignment": True})
     with pytest.raises(ConfigError, match="alignment_text_encoder"):
         Trainer(TrainConfig.from_dict(no_text), progress=False)
+
+
+def test_pooled_tagging_scores_are_scaled_cosines_of_the_decoder_queries():
+    from ram_edge.config import ModelConfig
+    from ram_edge.errors import ConfigError
+    from ram_edge.training.config import LossConfig
+    from ram_edge.training.model import RAMForTraining
+
+    spec = {
+        "family": "ram", "num_classes": 4, "embed_dim": 16, "label_embed_dim": 8,
+        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1], "num_heads": [1], "window_size": 8},
+        "head": {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32, "num_hidden_layers": 1},
+        "preprocess": {"image_size": 32},
+    }
+    torch.manual_seed(0)
+    model = RAMForTraining(ModelConfig.from_dict(spec), LossConfig(pooled_tagging_weight=0.5)).eval()
+    with torch.no_grad():
+        model.label_embed.normal_()
+    embeds = model.forward_features(torch.randn(2, 3, 32, 32))
+    queries = model.label_queries()
+    got = model.pooled_tagging_logits(embeds, queries)
+    for i in range(2):
+        for c in range(4):
+            cos = torch.nn.functional.cosine_similarity(embeds[i, 0], queries[0, c], dim=0)
+            assert torch.allclose(got[i, c], 10 * cos - 4, atol=1e-5)
+    targets = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0]])
+    out = model.forward_train({"image": torch.randn(2, 3, 32, 32), "target": targets, "caption": ["a", "b"]})
+    assert out["pooled_tagging"] > 0 and torch.allclose(out["loss"], out["tagging"] + 0.5 * out["pooled_tagging"])
+    wide = dict(spec, embed_dim=24)
+    with pytest.raises(ConfigError, match="head.hidden_size"):
+        RAMForTraining(ModelConfig.from_dict(wide), LossConfig(pooled_tagging_weight=1.0)).forward_train(
+            {"image": torch.randn(2, 3, 32, 32), "target": targets, "caption": ["a", "b"]})

@@ -67,6 +67,13 @@ class LossConfig:
     alignment_weight: float = 1.0
     alignment_gamma_neg: float = 4.0
     alignment_text_encoder: str | None = None  # default: the run's text_encoder ('clip:<dir>' or 'minilm')
+    # Not in the official recipe: an auxiliary tagging loss on the pooled image token, scored against the
+    # decoder's own label queries by cosine similarity (fixed scale and bias, no parameters, training only).
+    # It gives a from-scratch encoder a direct signal; the official models get theirs from CLIP distillation
+    # and a pretrained Swin. 0 turns it off.
+    pooled_tagging_weight: float = 0.0
+    pooled_tagging_scale: float = 10.0
+    pooled_tagging_bias: float = -4.0
     # Sample the decoder's queries per batch: all positives + this many random negatives (None: all).
     sampled_negatives: int | None = None
 

@@ -102,6 +102,9 @@ class RAMForTraining(RAM):
         if self.loss_cfg.tagging:
             # Normalised per image so that the learning rate does not depend on the batch size.
             out["tagging"] = self.asl(logits, tag_targets) / images.shape[0]
+            if self.loss_cfg.pooled_tagging_weight:
+                out["pooled_tagging"] = self.pooled_tagging_loss(embeds, queries, tag_targets)
+                total = total + self.loss_cfg.pooled_tagging_weight * out["pooled_tagging"]
         if self.loss_cfg.captioning:
             from .captioning import caption_loss
 
@@ -137,6 +140,24 @@ class RAMForTraining(RAM):
             total = total + self.loss_cfg.alignment_weight * out["alignment"]
         out["loss"] = total
         return out
+
+    def pooled_tagging_logits(self, embeds: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(B, K) scale * cos(pooled image token, label query) + bias: the auxiliary tagging scores."""
+        from ram_edge.errors import ConfigError
+
+        if embeds.shape[-1] != queries.shape[-1]:
+            raise ConfigError(
+                f"loss.pooled_tagging_weight needs model.embed_dim ({embeds.shape[-1]}) equal to head.hidden_size "
+                f"({queries.shape[-1]}): the pooled token is compared with the label queries"
+            )
+        pooled = torch.nn.functional.normalize(embeds[:, 0, :], dim=-1)
+        q = torch.nn.functional.normalize(queries, dim=-1)
+        sim = torch.einsum("bd,bkd->bk", pooled, q.expand(pooled.shape[0], -1, -1))
+        return self.loss_cfg.pooled_tagging_scale * sim + self.loss_cfg.pooled_tagging_bias
+
+    def pooled_tagging_loss(self, embeds: torch.Tensor, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Asymmetric loss of the auxiliary pooled-token scores, per image."""
+        return self.asl(self.pooled_tagging_logits(embeds, queries), targets) / embeds.shape[0]
 
     def alignment_loss(self, embeds: torch.Tensor, text_embed: torch.Tensor | None) -> torch.Tensor:
         """RAM++ image-text alignment: caption queries of the whole batch against every image, own caption positive."""

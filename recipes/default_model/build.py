@@ -105,7 +105,7 @@ def _scores(model_dir: Path, split: str, label_embed: np.ndarray | None = None, 
     return np.concatenate(probs), targets, tags
 
 
-def finalize() -> None:
+def finalize(model_dir: Path | None = None) -> None:
     """Tune thresholds on val, export the ONNX bundle, evaluate test and held-out splits, ship, report."""
     from ram_edge.labels import LabelSet
     from ram_edge.training.label_system import LabelSystem
@@ -114,7 +114,7 @@ def finalize() -> None:
 
     cfg = yaml.safe_load((HERE / "train.yaml").read_text())
     run = (HERE / cfg["output_dir"]).resolve()
-    trained = run / "model"
+    trained = model_dir or run / "model"
     final = WORK / "final"
     # 1. thresholds: per tag, maximising F1 on the validation split (default 0.5 for tags with no positive there)
     val_probs, val_t, tags = _scores(trained, "val")
@@ -245,13 +245,15 @@ def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phase", choices=["prepare", "train", "finalize", "all"])
-    phase = parser.parse_args().phase
+    parser.add_argument("--model", type=Path, default=None, help="finalize this checkpoint directory instead of the run's model/")
+    args = parser.parse_args()
+    phase = args.phase
     if phase in ("prepare", "all"):
         prepare()
     if phase in ("train", "all"):
         train()
     if phase in ("finalize", "all"):
-        finalize()
+        finalize(args.model)
 
 
 if __name__ == "__main__":
