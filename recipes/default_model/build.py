@@ -142,7 +142,7 @@ def finalize(model_dir: Path | None = None) -> None:
     rng = np.random.default_rng(0)
     chance = np.mean([100 * mean_average_precision(rng.random(h_t.shape), h_t) for _ in range(20)])
     # A model with learned (non-textual) queries has no query for an unseen tag: its best is a random one.
-    random_q = rng.normal(size=held_embed.shape).astype(np.float32) * scale / np.sqrt(held_embed.shape[1])
+    random_q = (rng.normal(size=held_embed.shape) * scale / np.sqrt(held_embed.shape[1])).astype(np.float32)
     r_probs, _, _ = _scores(final, "heldout", random_q, held.tags)
     learned_map = 100 * mean_average_precision(r_probs, h_t)
     # 4. export and ship
