@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ram_edge.config import ModelConfig
+from ram_edge.errors import ConfigError
 from ram_edge.models.ram import RAM
 
 from .config import LossConfig
@@ -26,8 +27,6 @@ class RAMForTraining(RAM):
         super().__init__(config)
         self.loss_cfg = loss
         if loss.distillation not in ("off", "features") and not loss.distillation.startswith("clip:"):
-            from ram_edge.errors import ConfigError
-
             raise ConfigError(
                 f"loss.distillation {loss.distillation!r} is not supported; use 'clip:<local CLIP dir>' (a frozen CLIP "
                 f"image tower), 'features' (teacher embeddings stored with each sample as 'teacher') or 'off'"
@@ -45,8 +44,6 @@ class RAMForTraining(RAM):
 
         options = {k: v for k, v in caption.items() if k not in ("vocab", "tie_tagging_head")}
         if not caption.get("vocab"):
-            from ram_edge.errors import ConfigError
-
             raise ConfigError("loss.captioning needs caption.vocab: a BERT WordPiece vocab.txt")
         self.tokenizer = CaptionTokenizer(caption["vocab"])
         options.setdefault("vocab_size", len(self.tokenizer))
@@ -120,15 +117,11 @@ class RAMForTraining(RAM):
             total = total + weight * out["tagging"]
         if self.loss_cfg.distillation != "off":
             if batch.get("teacher") is None:
-                from ram_edge.errors import ConfigError
-
                 raise ConfigError(
                     f"loss.distillation is {self.loss_cfg.distillation!r} but a batch has samples without 'teacher' embeddings"
                 )
             teacher = batch["teacher"]
             if teacher.shape[-1] != embeds.shape[-1]:
-                from ram_edge.errors import ConfigError
-
                 raise ConfigError(
                     f"teacher embeddings are {teacher.shape[-1]}-d but the model's pooled image token is {embeds.shape[-1]}-d; "
                     f"set model.embed_dim to the teacher's width (512 for CLIP ViT-B/16)"
@@ -143,8 +136,6 @@ class RAMForTraining(RAM):
 
     def pooled_tagging_logits(self, embeds: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """(B, K) scale * cos(pooled image token, label query) + bias: the auxiliary tagging scores."""
-        from ram_edge.errors import ConfigError
-
         if embeds.shape[-1] != queries.shape[-1]:
             raise ConfigError(
                 f"loss.pooled_tagging_weight needs model.embed_dim ({embeds.shape[-1]}) equal to head.hidden_size "
@@ -161,8 +152,6 @@ class RAMForTraining(RAM):
 
     def alignment_loss(self, embeds: torch.Tensor, text_embed: torch.Tensor | None) -> torch.Tensor:
         """RAM++ image-text alignment: caption queries of the whole batch against every image, own caption positive."""
-        from ram_edge.errors import ConfigError
-
         if text_embed is None:
             raise ConfigError("loss.alignment is on but the batch has no caption embeddings ('text_embed')")
         if text_embed.shape[-1] != self.config.label_embed_dim:

@@ -108,6 +108,7 @@ class CaptionEmbedder:
         """(B, D) embeddings of one caption per image."""
         emb = self.encoder.encode(list(captions))
         if self.center is not None:
-            emb = emb - self.center
-            emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True).clip(min=1e-12)
+            from .setup_model import center_embeddings
+
+            emb, _ = center_embeddings(emb, self.center)
         return torch.from_numpy(np.ascontiguousarray(emb * self.scale, dtype=np.float32)).to(self.device)
