@@ -272,7 +272,7 @@ class Trainer:
         crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
         record: dict[str, Any] = {}
         sums: dict[str, float] = {}
-        images, tick = 0, time.perf_counter()
+        images, window, tick = 0, 0, time.perf_counter()
         self.model.train()
         while self.step < cfg.total_steps:
             micro = 0
@@ -304,18 +304,20 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
                 self.step += 1
+                window += 1
                 if bar is not None:
                     bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                     elapsed = time.perf_counter() - tick
-                    n = cfg.log_every * cfg.grad_accum
+                    # Steps since the last record: fewer than log_every right after a resume.
+                    n = window * cfg.grad_accum
                     record = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                               **{k: self.dist.mean(v / n) for k, v in sums.items()},
                               "images_per_s": images * self.dist.world / max(elapsed, 1e-9), "skipped": self.skipped}
                     self.log(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record.get('loss', 0):.3f}")
-                    sums, images, tick = {}, 0, time.perf_counter()
+                    sums, images, window, tick = {}, 0, 0, time.perf_counter()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.log({"step": self.step, **self.evaluate()})
                     self.model.train()

@@ -2,7 +2,7 @@
 
     python recipes/default_model/build.py all          # everything (resumes an interrupted training)
     python recipes/default_model/build.py prepare      # eval splits, label file, WordPiece vocab
-    python recipes/default_model/build.py train        # ram-edge train train.yaml (resumable)
+    python recipes/default_model/build.py train        # ram-edge train, two stages (resumable)
     python recipes/default_model/build.py finalize     # thresholds, export, eval, report, ship
 
 Work files go to work-out/default_model/ (git-ignored); the shipped files go to
@@ -28,6 +28,9 @@ SHIP = REPO / "ram_edge" / "assets" / "default_model"
 REPORT = REPO / "benchmarks" / "default_model.md"
 SPLITS = {"val": 1000, "test": 2000, "heldout": 1000}
 SEED = 0
+# Stage 2 resumes stage 1's final checkpoint with total_steps raised: the cosine schedule restarts
+# from ~0.7x the peak lr at step 1050 and decays again to STAGE2_STEPS (a warm restart).
+STAGE2_STEPS = 2700
 
 
 def sh(*args: str) -> None:
@@ -71,8 +74,9 @@ def build_vocab(path: Path, cats) -> None:
 
 
 def train() -> None:
-    """Train (or resume) with the committed recipe."""
+    """Train (or resume) with the committed recipe: train.yaml's 1050 steps, then the warm restart."""
     sh("train", str(HERE / "train.yaml"))
+    sh("train", str(HERE / "train.yaml"), "--steps", str(STAGE2_STEPS))
 
 
 def _scores(model_dir: Path, split: str, label_embed: np.ndarray | None = None, names: list[str] | None = None):
