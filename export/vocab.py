@@ -285,6 +285,17 @@ def format_prompts(tag: str, templates: Sequence[str] = PROMPT_TEMPLATES) -> lis
 # --------------------------------------------------------------------------- text encoder
 
 
+def clip_tower_config(model_dir: str | Path, tower: str):
+    """The text or vision sub-config of a full CLIP checkpoint, carrying the top-level projection_dim."""
+    from transformers import CLIPConfig
+
+    full = CLIPConfig.from_pretrained(model_dir, local_files_only=True)
+    # The sub-config alone would fall back to projection_dim 512 and mis-size the projection.
+    sub = full.text_config if tower == "text" else full.vision_config
+    sub.projection_dim = full.projection_dim
+    return sub
+
+
 class ClipTextEncoder:
     """A local Hugging Face CLIP text tower (with projection) on the CPU, fp32, eval mode."""
 
@@ -310,7 +321,7 @@ class ClipTextEncoder:
             )
         try:
             import torch
-            from transformers import AutoTokenizer, CLIPConfig, CLIPTextModelWithProjection
+            from transformers import AutoTokenizer, CLIPTextModelWithProjection
         except ImportError as exc:
             raise ExportError(
                 f"computing tag embeddings needs torch and transformers ({exc}); "
@@ -325,13 +336,7 @@ class ClipTextEncoder:
                 f"vocab.json + merges.txt or tokenizer.json; {_GET_CLIP}"
             ) from None
         try:
-            text_config = None
-            if model_type == "clip":
-                # A full CLIP checkpoint keeps projection_dim at the top level; its text_config
-                # alone would fall back to 512 and mis-size text_projection.
-                full = CLIPConfig.from_pretrained(model_dir, local_files_only=True)
-                text_config = full.text_config
-                text_config.projection_dim = full.projection_dim
+            text_config = clip_tower_config(model_dir, "text") if model_type == "clip" else None
             model = CLIPTextModelWithProjection.from_pretrained(
                 model_dir, config=text_config, local_files_only=True
             )

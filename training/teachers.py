@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ram_edge.config import PreprocessConfig
 from ram_edge.errors import ConfigError
+from ram_edge.export.vocab import clip_tower_config
 
 # OpenAI CLIP normalisation, used when the directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -54,16 +55,13 @@ class ClipImageTeacher:
     def __init__(self, spec: str, source: PreprocessConfig, device: torch.device | str = "cpu") -> None:
         path = _clip_dir(spec, "loss.distillation")
         try:
-            from transformers import CLIPConfig, CLIPVisionModelWithProjection
+            from transformers import CLIPVisionModelWithProjection
         except ImportError as exc:
             raise ConfigError(f"a CLIP teacher needs transformers ({exc}): pip install 'transformers>=4.40,<5'") from None
         model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
         vision_config = None
         if model_type == "clip":
-            # A full CLIP checkpoint keeps projection_dim at the top level.
-            full = CLIPConfig.from_pretrained(path, local_files_only=True)
-            vision_config = full.vision_config
-            vision_config.projection_dim = full.projection_dim
+            vision_config = clip_tower_config(path, "vision")
         elif model_type != "clip_vision_model":
             raise ConfigError(f"loss.distillation {spec!r}: {path} holds a {model_type!r} model, not CLIP")
         model = CLIPVisionModelWithProjection.from_pretrained(path, config=vision_config, local_files_only=True)

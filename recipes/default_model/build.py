@@ -156,8 +156,11 @@ def finalize(model_dir: Path | None = None) -> None:
         shutil.rmtree(SHIP)
     (SHIP).mkdir(parents=True)
     shutil.copytree(bundle, SHIP / "bundle")
-    ckpt = SHIP / "checkpoint"
-    shutil.copytree(final, ckpt)
+    # The tagging checkpoint only: captioning.safetensors (21 MB) trains the tagger but nothing in the
+    # package runs it, and with it the folder would exceed the 25 MB budget.
+    from ram_edge.checkpoint_dir import CAPTIONING_FILE
+
+    shutil.copytree(final, SHIP / "checkpoint", ignore=shutil.ignore_patterns(CAPTIONING_FILE))
     ship_examples(SHIP / "examples")
     # 5. the shipped bundle through `ram-edge eval` must reproduce the torch mAP
     eval_json = WORK / "eval_test.json"
