@@ -125,11 +125,11 @@ def test_tiny_ram_learns_and_skips_broken_images(tmp_path):
     assert tagger.scores([str(data / "images" / "0000.png")]).shape == (1, len(TAGS))
 
 
-def _run_cli(cfg_path: Path, env: dict | None = None, torchrun: int = 0) -> subprocess.CompletedProcess:
-    base = [sys.executable, "-m", "ram_edge.cli.main", "train", str(cfg_path)]
+def _run_cli(cfg_path: Path, env: dict | None = None, torchrun: int = 0, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    base = [sys.executable, "-m", "ram_edge.cli.main", "train", str(cfg_path), *args]
     if torchrun:
         base = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
-                "-m", "ram_edge.cli.main", "train", str(cfg_path)]
+                "-m", "ram_edge.cli.main", "train", str(cfg_path), *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(base, capture_output=True, text=True, env=full_env, timeout=600)
 
@@ -158,6 +158,26 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(r.get("event") == "resumed" for r in _log(tmp_path / "resumed"))
+
+
+@pytest.mark.slow
+def test_run_split_with_stop_at_equals_one_run(tmp_path):
+    data = make_dataset(tmp_path / "data", 40, seed=5)
+    straight = tiny_config(tmp_path, data, total_steps=12, checkpoint_every=4, output_dir=str(tmp_path / "straight"))
+    assert _run_cli(_write_cfg(tmp_path, straight)).returncode == 0
+    split = _write_cfg(tmp_path, dict(straight, output_dir=str(tmp_path / "split")))
+    # Stop between checkpoints: the stop itself writes one, and the lr schedule stays that of 12 steps.
+    proc = _run_cli(split, args=("--stop-at", "7"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "split" / "checkpoints" / "latest").read_text() == "step-00000007"
+    log = _log(tmp_path / "split")
+    assert [r["step"] for r in log if "loss" in r] == [5, 7]
+    assert _run_cli(split).returncode == 0
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = {r["step"]: r["lr"] for r in _log(tmp_path / "straight") if "lr" in r}
+    split_lrs = {r["step"]: r["lr"] for r in _log(tmp_path / "split") if "lr" in r}
+    assert set(split_lrs) == set(lrs) | {7} and all(split_lrs[s] == lr for s, lr in lrs.items())
 
 
 @pytest.mark.slow

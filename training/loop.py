@@ -254,9 +254,11 @@ class Trainer:
         with open(self.out / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def train(self, resume: bool = True) -> dict[str, Any]:
-        """Run until cfg.total_steps; returns the last log record."""
+    def train(self, resume: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+        """Run until cfg.total_steps (or stop_at, keeping the schedule of total_steps); returns the last log record."""
         cfg = self.cfg
+        # A run split into sessions stops at a checkpoint and resumes there with the same schedule.
+        end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
         if resume and (ckpt := latest_checkpoint(self.out)) is not None:
             self.resume(ckpt)
             self.log({"event": "resumed", "from": str(ckpt), "step": self.step})
@@ -274,7 +276,7 @@ class Trainer:
         sums: dict[str, float] = {}
         images, window, tick = 0, 0, time.perf_counter()
         self.model.train()
-        while self.step < cfg.total_steps:
+        while self.step < end:
             micro = 0
             for batch in self._loader():
                 self.batches_in_epoch += 1
@@ -307,7 +309,7 @@ class Trainer:
                 window += 1
                 if bar is not None:
                     bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+                if self.step % cfg.log_every == 0 or self.step == end:
                     elapsed = time.perf_counter() - tick
                     # Steps since the last record: fewer than log_every right after a resume.
                     n = window * cfg.grad_accum
@@ -321,11 +323,11 @@ class Trainer:
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self.log({"step": self.step, **self.evaluate()})
                     self.model.train()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.total_steps:
+                if self.step % cfg.checkpoint_every == 0 or self.step == end:
                     self.save()
                 if crash_after and self.step == crash_after:
                     os._exit(17)
-                if self.step >= cfg.total_steps:
+                if self.step >= end:
                     break
             else:
                 self.epoch += 1
@@ -406,11 +408,11 @@ class Trainer:
                                extra_tensors=extra)
 
 
-def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a run described by `cfg`."""
+def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
+    """Train (or resume) a run described by `cfg`, optionally stopping early at step `stop_at`."""
     trainer = Trainer(cfg, progress=progress)
     try:
-        return trainer.train(resume=resume)
+        return trainer.train(resume=resume, stop_at=stop_at)
     finally:
         trainer.dist.close()
 

@@ -11,9 +11,11 @@ import click
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--output-dir", default=None, help="Override output_dir of the config.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override total_steps.")
+@click.option("--stop-at", type=click.IntRange(min=1), default=None,
+              help="Stop (with a checkpoint) at this step, keeping the lr schedule of total_steps; resume later to go on.")
 @click.option("--no-resume", is_flag=True, help="Start from scratch even if OUTPUT_DIR has checkpoints.")
 @click.option("--json", "as_json", is_flag=True, help="Print the last log record as JSON.")
-def train(config, output_dir, steps, no_resume, as_json) -> None:
+def train(config, output_dir, steps, stop_at, no_resume, as_json) -> None:
     """Train with CONFIG (YAML). Multi-GPU / multi-node: `torchrun --nproc_per_node N --no-python ram-edge train CONFIG`."""
     from ..training.config import TrainConfig
     from ..training.loop import train as run
@@ -23,7 +25,7 @@ def train(config, output_dir, steps, no_resume, as_json) -> None:
         cfg.output_dir = output_dir
     if steps:
         cfg.total_steps = steps
-    record = run(cfg, resume=not no_resume)
+    record = run(cfg, resume=not no_resume, stop_at=stop_at)
     if as_json:
         click.echo(json.dumps(record))
     elif record:
