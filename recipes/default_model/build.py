@@ -237,6 +237,10 @@ Recipe: `recipes/default_model/train.yaml`. Training log: `benchmarks/default_mo
 | held-out, random (learned-style, non-textual) queries: mAP | {results['heldout_map_random_queries']:.1f} |
 | held-out, chance (random scores): mAP | {results['heldout_chance_map']:.1f} |
 
+Training ran in stages (`STAGES` in `recipes/default_model/build.py`, each a resume of the same run):
+steps 0-1050 with train.yaml's cosine schedule; then `--steps 2700` (a warm restart) to step 1800
+(`--stop-at`); then `--steps 3000` to the end. 192 k images in about 3 h 10 min on 2 cores over two sessions.
+
 Splits: test = {SPLITS['test']} new scenes of the 359 seen categories; val = {SPLITS['val']} scenes (threshold tuning only);
 held-out = {SPLITS['heldout']} scenes of 60 categories never seen in training.
 
