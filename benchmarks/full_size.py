@@ -162,6 +162,15 @@ def main(argv: list[str] | None = None) -> None:
         _log(f"  p50 {result['latency_image_ms']['p50']:.0f} ms/image, {result['pct_of_roofline']:.0f}% of roofline")
         args.report.with_suffix(".json").write_text(json.dumps({"rows": rows, "macs": macs, "roofline_macs_s": roofline,
                                                                  "torch_decoder_s": dec_times}, indent=1))
+    # One reading can land in a slow spell of this shared VM (37.6 vs 57.9-79.5 GMAC/s seen): read it
+    # again after the rows and take the better one, so that no row is judged against a low ceiling.
+    readings = [roofline, matmul_roofline(threads=args.threads)]
+    roofline = max(readings)
+    _log(f"matmul roofline readings (before, after the rows): {[round(r / 1e9, 1) for r in readings]} GMAC/s")
+    for row in rows:
+        row["pct_of_roofline"] = 100 * row["achieved_gmacs"] * 1e9 / roofline
+    args.report.with_suffix(".json").write_text(json.dumps({"rows": rows, "macs": macs, "roofline_macs_s": roofline,
+                                                             "roofline_readings": readings, "torch_decoder_s": dec_times}, indent=1))
 
     def p50(runtime, batch, n=num):
         return next(r["latency_image_ms"]["p50"] for r in rows if r["runtime"] == runtime and r["batch_size"] == batch and r["queries"] == n)
