@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> None:
             (ckpt, "torch", 8, num), (bundles["onnx", num], "ort", 8, num), (bundles["openvino", num], "openvino", 8, num)]
     plan += [(bundles["openvino", n], "openvino", 1, n) for n in SUBSETS] + [(bundles["onnx", 100], "ort", 1, 100)]
     rows = []
+
+    def save_json(readings: list[float]) -> None:
+        """The rows so far (rewritten after each one, so that an interrupted run keeps them)."""
+        data = {"rows": rows, "macs": macs, "roofline_macs_s": max(readings), "roofline_readings": readings,
+                "torch_decoder_s": dec_times}
+        args.report.with_suffix(".json").write_text(json.dumps(data, indent=1))
+
     for path, runtime, batch, n in plan:
         iters = args.iters if batch == 1 else max(2, args.iters // 2)
         result = bench(path, runtime, batch, args.threads, iters, warmup=1)
@@ -160,8 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                       pct_of_roofline=100 * per_image / seconds / roofline)
         rows.append(result)
         _log(f"  p50 {result['latency_image_ms']['p50']:.0f} ms/image, {result['pct_of_roofline']:.0f}% of roofline")
-        args.report.with_suffix(".json").write_text(json.dumps({"rows": rows, "macs": macs, "roofline_macs_s": roofline,
-                                                                 "torch_decoder_s": dec_times}, indent=1))
+        save_json([roofline])
     # One reading can land in a slow spell of this shared VM (37.6 vs 57.9-79.5 GMAC/s seen): read it
     # again after the rows and take the better one, so that no row is judged against a low ceiling.
     readings = [roofline, matmul_roofline(threads=args.threads)]
@@ -169,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     _log(f"matmul roofline readings (before, after the rows): {[round(r / 1e9, 1) for r in readings]} GMAC/s")
     for row in rows:
         row["pct_of_roofline"] = 100 * row["achieved_gmacs"] * 1e9 / roofline
-    args.report.with_suffix(".json").write_text(json.dumps({"rows": rows, "macs": macs, "roofline_macs_s": roofline,
-                                                             "roofline_readings": readings, "torch_decoder_s": dec_times}, indent=1))
+    save_json(readings)
 
     def p50(runtime, batch, n=num):
         return next(r["latency_image_ms"]["p50"] for r in rows if r["runtime"] == runtime and r["batch_size"] == batch and r["queries"] == n)

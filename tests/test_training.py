@@ -126,10 +126,8 @@ def test_tiny_ram_learns_and_skips_broken_images(tmp_path):
 
 
 def _run_cli(cfg_path: Path, env: dict | None = None, torchrun: int = 0, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    base = [sys.executable, "-m", "ram_edge.cli.main", "train", str(cfg_path), *args]
-    if torchrun:
-        base = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
-                "-m", "ram_edge.cli.main", "train", str(cfg_path), *args]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else []
+    base = [sys.executable, *launcher, "-m", "ram_edge.cli.main", "train", str(cfg_path), *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(base, capture_output=True, text=True, env=full_env, timeout=600)
 

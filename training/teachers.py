@@ -21,6 +21,8 @@ from ram_edge.config import PreprocessConfig
 from ram_edge.errors import ConfigError
 from ram_edge.export.vocab import clip_tower_config
 
+from .setup_model import center_embeddings
+
 # OpenAI CLIP normalisation, used when the directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -106,7 +108,5 @@ class CaptionEmbedder:
         """(B, D) embeddings of one caption per image."""
         emb = self.encoder.encode(list(captions))
         if self.center is not None:
-            from .setup_model import center_embeddings
-
             emb, _ = center_embeddings(emb, self.center)
         return torch.from_numpy(np.ascontiguousarray(emb * self.scale, dtype=np.float32)).to(self.device)

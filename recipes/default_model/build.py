@@ -2,7 +2,7 @@
 
     python recipes/default_model/build.py all          # everything (resumes an interrupted training)
     python recipes/default_model/build.py prepare      # eval splits, label file, WordPiece vocab
-    python recipes/default_model/build.py train        # ram-edge train, two stages (resumable)
+    python recipes/default_model/build.py train        # ram-edge train, stage by stage (resumable)
     python recipes/default_model/build.py finalize     # thresholds, export, eval, report, ship
 
 Work files go to work-out/default_model/ (git-ignored); the shipped files go to
@@ -116,7 +116,7 @@ def _scores(model_dir: Path, split: str, label_embed: np.ndarray | None = None, 
 
 
 def finalize(model_dir: Path | None = None) -> None:
-    """Tune thresholds on val, export the ONNX bundle, evaluate test and held-out splits, ship, report."""
+    """Tune thresholds on the tune split, export the ONNX bundle, evaluate test and held-out splits, ship, report."""
     from ram_edge.labels import LabelSet
     from ram_edge.training.label_system import LabelSystem
     from ram_edge.training.metrics import mean_average_precision, precision_recall_f1, tune_thresholds
@@ -127,8 +127,8 @@ def finalize(model_dir: Path | None = None) -> None:
     trained = model_dir or run / "model"
     final = WORK / "final"
     # 1. thresholds: per tag, maximising F1 on the tuning split (validation scenes) (default 0.5 for tags with no positive there)
-    val_probs, val_t, tags = _scores(trained, "tune")
-    tuning = tune_thresholds(val_probs, val_t, default=0.5)
+    tune_probs, tune_t, tags = _scores(trained, "tune")
+    tuning = tune_thresholds(tune_probs, tune_t, default=0.5)
     thresholds = np.asarray(tuning.thresholds, np.float32)
     if final.exists():
         shutil.rmtree(final)
