@@ -1,11 +1,13 @@
 """Full-size Swin-L/384 RAM benchmark with random weights (accuracy does not matter for speed).
 
     python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize --threads 2
+    python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize-b --preset ram_swin_base_384
 
 Builds the model from the shipped config, exports ONNX and OpenVINO fp32 bundles (full label set
 and 1000/100/10-tag subsets), counts multiply-accumulates with torch's FlopCounterMode, measures
 the fp32 matmul roofline, then runs `ram-edge bench --json` for every (runtime, bundle, batch) in
-its own process (so peak RSS is per runtime) and writes benchmarks/full_size_swin_l384.md + .json.
+its own process (so peak RSS is per runtime) and writes benchmarks/full_size_<preset>.md + .json.
+The roofline is read before every row and after the last, because this shared VM drifts.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ram_edge.fileio import atomic_file
+
 from .harness import matmul_roofline, write_markdown_report
 
 PRESET = "ram_swin_large_384"
+# Report file stem per architecture (benchmarks/full_size_<stem>.md).
+REPORT_NAMES = {"ram_swin_large_384": "swin_l384", "ram_swin_base_384": "swin_b384"}
 SUBSETS = (1000, 100, 10)
 
 
@@ -29,7 +35,7 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build_checkpoint(workdir: Path) -> Path:
+def build_checkpoint(workdir: Path, preset: str = PRESET) -> Path:
     """A random-weight full-size RAM checkpoint directory with synthetic tag names."""
     import torch
 
@@ -42,13 +48,13 @@ def build_checkpoint(workdir: Path) -> Path:
     if out.exists():
         return out
     torch.manual_seed(0)
-    config = load_preset(PRESET)
+    config = load_preset(preset)
     model = build_model(config)
     with torch.no_grad():
         model.label_embed.normal_(0, 0.1)
     tags = [f"tag{i:04d}" for i in range(config.num_classes)]
     labels = LabelSet(tags, None, np.full(len(tags), 0.68, np.float32))
-    save_checkpoint(model, labels, out, source={"kind": "random", "seed": 0, "preset": PRESET})
+    save_checkpoint(model, labels, out, source={"kind": "random", "seed": 0, "preset": preset})
     return out
 
 
@@ -121,23 +127,31 @@ def bench(path: Path, runtime: str, batch: int, threads: int, iters: int, warmup
     return json.loads(proc.stdout)
 
 
+def _bound_text(macs: dict[str, float], num: int, subset: int) -> str:
+    """What the MAC counts allow a query subset to gain, at equal efficiency."""
+    enc, dec, sub = macs["encoder"], macs[f"decoder_{num}"], macs[f"decoder_{subset}"]
+    return (f"The decoder is {dec / 1e9:.1f} of {(enc + dec) / 1e9:.1f} G MACs at {num} queries, so at equal efficiency a "
+            f"{subset}-tag subset can speed the whole model up by at most {(enc + dec) / (enc + sub):.2f}x "
+            f"(dropping the decoder entirely: {(enc + dec) / enc:.2f}x).")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the full-size benchmark and write the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--preset", default=PRESET, choices=sorted(REPORT_NAMES), help="architecture to build")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--report", type=Path, default=Path(__file__).parent / "full_size_swin_l384.md")
+    parser.add_argument("--report", type=Path, default=None, help="default: benchmarks/full_size_<preset>.md")
     parser.add_argument("--iters", type=int, default=5)
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    report = args.report or Path(__file__).parent / f"full_size_{REPORT_NAMES[args.preset]}.md"
 
-    ckpt = build_checkpoint(args.workdir)
+    ckpt = build_checkpoint(args.workdir, args.preset)
     tags = (args.workdir / "ckpt" / "tags.txt").read_text().splitlines()
     num = len(tags)
     macs = count_macs(ckpt, [num, *SUBSETS])
     _log(f"MACs per image: {json.dumps({k: round(v / 1e9, 2) for k, v in macs.items()})} G")
-    roofline = matmul_roofline(threads=args.threads)
-    _log(f"matmul roofline: {roofline / 1e9:.1f} GMAC/s on {args.threads} threads")
     dec_times = torch_decoder_times(ckpt, [num, *SUBSETS], args.threads)
     _log(f"torch decoder-only seconds: {dec_times}")
 
@@ -150,32 +164,39 @@ def main(argv: list[str] | None = None) -> None:
     plan = [(ckpt, "torch", 1, num), (bundles["onnx", num], "ort", 1, num), (bundles["openvino", num], "openvino", 1, num),
             (ckpt, "torch", 8, num), (bundles["onnx", num], "ort", 8, num), (bundles["openvino", num], "openvino", 8, num)]
     plan += [(bundles["openvino", n], "openvino", 1, n) for n in SUBSETS] + [(bundles["onnx", 100], "ort", 1, 100)]
-    rows = []
+    rows: list[dict] = []
+    # The matmul roofline of this shared VM drifts (37.6 to 79.5 GMAC/s seen in one day), so it is read
+    # right before every row and once after the last; each row is judged against the better of the two
+    # readings around it, which never flatters a row that ran in a slow spell.
+    readings: list[float] = []
 
-    def save_json(readings: list[float]) -> None:
+    def read_roofline() -> None:
+        readings.append(matmul_roofline(threads=args.threads, repeats=3))
+        _log(f"  matmul roofline {readings[-1] / 1e9:.1f} GMAC/s")
+
+    def save_json() -> None:
         """The rows so far (rewritten after each one, so that an interrupted run keeps them)."""
-        data = {"rows": rows, "macs": macs, "roofline_macs_s": max(readings), "roofline_readings": readings,
-                "torch_decoder_s": dec_times}
-        args.report.with_suffix(".json").write_text(json.dumps(data, indent=1))
+        data = {"preset": args.preset, "rows": rows, "macs": macs, "roofline_readings": readings,
+                "roofline_macs_s": max(readings), "torch_decoder_s": dec_times}
+        with atomic_file(report.with_suffix(".json"), "w") as fh:
+            fh.write(json.dumps(data, indent=1))
 
     for path, runtime, batch, n in plan:
+        read_roofline()
         iters = args.iters if batch == 1 else max(2, args.iters // 2)
         result = bench(path, runtime, batch, args.threads, iters, warmup=1)
         per_image = macs["encoder"] + macs[f"decoder_{n}"]
         seconds = result["latency_image_ms"]["p50"] / 1e3
         result.update(queries=n, macs_per_image=per_image, achieved_gmacs=per_image / seconds / 1e9,
-                      pct_of_roofline=100 * per_image / seconds / roofline)
+                      roofline_gmacs=readings[-1] / 1e9)
         rows.append(result)
-        _log(f"  p50 {result['latency_image_ms']['p50']:.0f} ms/image, {result['pct_of_roofline']:.0f}% of roofline")
-        save_json([roofline])
-    # One reading can land in a slow spell of this shared VM (37.6 vs 57.9-79.5 GMAC/s seen): read it
-    # again after the rows and take the better one, so that no row is judged against a low ceiling.
-    readings = [roofline, matmul_roofline(threads=args.threads)]
-    roofline = max(readings)
-    _log(f"matmul roofline readings (before, after the rows): {[round(r / 1e9, 1) for r in readings]} GMAC/s")
-    for row in rows:
-        row["pct_of_roofline"] = 100 * row["achieved_gmacs"] * 1e9 / roofline
-    save_json(readings)
+        _log(f"  p50 {result['latency_image_ms']['p50']:.0f} ms/image, {result['achieved_gmacs']:.1f} GMAC/s")
+        save_json()
+    read_roofline()
+    for i, row in enumerate(rows):
+        row["roofline_gmacs"] = max(readings[i], readings[i + 1]) / 1e9
+        row["pct_of_roofline"] = 100 * row["achieved_gmacs"] / row["roofline_gmacs"]
+    save_json()
 
     def p50(runtime, batch, n=num):
         return next(r["latency_image_ms"]["p50"] for r in rows if r["runtime"] == runtime and r["batch_size"] == batch and r["queries"] == n)
@@ -185,8 +206,11 @@ def main(argv: list[str] | None = None) -> None:
         + (f"{p50('openvino', 1, n):.0f} |" if ("openvino", n) in bundles else "– |")
         for n in [num, *SUBSETS]
     )
-    notes = f"""Model: {PRESET} (Swin-L/384, {num} tags), random weights; input: random; {args.threads} threads.
-Encoder + image_proj: {macs['encoder'] / 1e9:.1f} G MACs/image. fp32 matmul roofline (torch.matmul 4096x4096, {args.threads} threads): {roofline / 1e9:.1f} GMAC/s.
+    gmacs = [r / 1e9 for r in readings]
+    notes = f"""Model: {args.preset} ({num} tags), random weights; input: random; {args.threads} threads.
+Encoder + image_proj: {macs['encoder'] / 1e9:.1f} G MACs/image. fp32 matmul roofline (torch.matmul 4096x4096, {args.threads} threads),
+read before every row and after the last: {', '.join(f'{g:.1f}' for g in gmacs)} GMAC/s (min {min(gmacs):.1f}, max {max(gmacs):.1f}).
+Each row's "% of roofline" is against the better of the two readings around it (column "roofline GMAC/s").
 
 Ratios (p50 per image, batch 1): openvino / torch eager speed-up = {p50('torch', 1) / p50('openvino', 1):.2f}x;
 ort / torch = {p50('torch', 1) / p50('ort', 1):.2f}x; openvino 100-tag subset vs full = {p50('openvino', 1) / p50('openvino', 1, 100):.2f}x;
@@ -198,17 +222,12 @@ Decoder alone (batch 1):
 | --- | --- | --- | --- |
 {dec_lines}
 
-Reproduce: `python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize --threads {args.threads}`.
+{_bound_text(macs, num, 100)}
 
-Reading these numbers (2026-11-28, this shared 2-core VM): the fp32 matmul roofline itself measured
-79.5 GMAC/s in one run and 57.9 GMAC/s in the next, so single readings carry +-15-30 % noise from
-neighbours; percentages of roofline are against the reading taken in the same run. The decoder is
-56.4 of 160.4 G MACs at 4585 queries, so dropping it entirely can speed the whole model up by at most
-160.4/104.0 = 1.54x at equal efficiency: the issue's >= 1.8x target for a 100-tag subset of Swin-L
-cannot be reached by query pruning alone (not measured here: with a Swin-B/384 encoder, about 47 G MACs, the same arithmetic allows about 2.2x).
+Reproduce: `python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize-{REPORT_NAMES[args.preset]} --preset {args.preset} --threads {args.threads}`.
 """
-    write_markdown_report(rows, args.report, "Full-size RAM (Swin-L/384) latency on this machine", notes)
-    _log(f"wrote {args.report}")
+    write_markdown_report(rows, report, f"Full-size RAM ({args.preset}) latency on this machine", notes)
+    _log(f"wrote {report}")
 
 
 if __name__ == "__main__":

@@ -343,6 +343,7 @@ _BASE_COLUMNS = (
 _EXTRA_HEADERS = {
     "macs_per_image": "MACs/image",
     "achieved_gmacs": "GMAC/s",
+    "roofline_gmacs": "roofline GMAC/s",
     "pct_of_roofline": "% of roofline",
     "queries": "queries",
 }
