@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ram_edge.fileio import atomic_file
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WORK = REPO / "work-out" / "default_model"
@@ -221,7 +223,10 @@ def write_report(results: dict, log: list[dict], run: Path) -> None:
     evals = "\n".join(f"| {r['step']} | {r['eval_map']:.1f} |" for r in log if "eval_map" in r)
     losses = [r for r in log if "loss" in r]
     speed = np.median([r["images_per_s"] for r in losses]) if losses else float("nan")
-    REPORT.write_text(f"""# The default model: a small RAM trained on rendered emoji scenes
+    stages = "; then ".join(
+        f"`ram-edge train train.yaml{f' --steps {total}' if total else ''}{f' --stop-at {stop}' if stop else ''}`"
+        for total, stop in STAGES)
+    text = f"""# The default model: a small RAM trained on rendered emoji scenes
 
 Reproduce: `python recipes/default_model/build.py all` (2 CPU cores; the training resumes if interrupted).
 Recipe: `recipes/default_model/train.yaml`. Training log: `benchmarks/default_model_train_log.jsonl`.
@@ -240,10 +245,9 @@ Recipe: `recipes/default_model/train.yaml`. Training log: `benchmarks/default_mo
 | held-out, random (learned-style, non-textual) queries: mAP | {results['heldout_map_random_queries']:.1f} |
 | held-out, chance (random scores): mAP | {results['heldout_chance_map']:.1f} |
 
-Training ran in stages (`STAGES` in `recipes/default_model/build.py`, each a resume of the same run):
-steps 0-1050 with train.yaml's cosine schedule; then `--steps 2700` (a warm restart) to step 1800
-(`--stop-at`); then `--steps 3000` to step 3000 (test mAP 80.2, shipped at first); then `--steps 4700`
-(a second warm restart) to the end. 301 k images in about 5 h 05 min on 2 cores over three sessions.
+Training ran in stages (`STAGES` in `recipes/default_model/build.py`, each a resume of the same run,
+raising total_steps restarts the cosine schedule part-way): {stages}.
+{results['steps'] * results['batch_size'] / 1e3:.0f} k images in all (wall time of each stage: `benchmarks/default_model_attempts.md`).
 
 Splits: test = {SPLITS['test'][1]} new scenes of the 359 seen categories; val = {SPLITS['val'][1]} scenes (the training-time
 eval); tune = {SPLITS['tune'][1]} validation scenes (val plus 2000 more; threshold tuning only);
@@ -257,7 +261,9 @@ Validation mAP during training:
 | step | val mAP |
 | --- | --- |
 {evals}
-""")
+"""
+    with atomic_file(REPORT, "w") as fh:
+        fh.write(text)
     shutil.copy(run / "log.jsonl", REPO / "benchmarks" / "default_model_train_log.jsonl")
 
 
