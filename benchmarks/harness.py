@@ -45,7 +45,8 @@ class BenchResult:
     model: str
     runtime: str
     device: str
-    precision: str
+    precision: str  # stored: the bundle's weights (fp32, fp16, int8)
+    compute_precision: str  # arithmetic: what the runtime computes in (fp32, bf16, fp16, ...)
     format: str
     family: str
     batch_size: int
@@ -210,6 +211,7 @@ def run_benchmark(
     images_dir: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    compute_precision: str | None = None,
 ) -> BenchResult:
     """Load the model at `path` with `runtime` and time `iters` runs of one batch after `warmup` untimed ones."""
     from ram_edge.artifacts import describe
@@ -232,7 +234,7 @@ def run_benchmark(
 
     rss_before = _current_rss_mb()
     start = time.perf_counter()
-    model = runtime_cls(path, device=device, threads=threads)
+    model = runtime_cls(path, device=device, threads=threads, compute_precision=compute_precision)
     load_time = time.perf_counter() - start
     try:
         rss_after = _current_rss_mb()
@@ -243,6 +245,7 @@ def run_benchmark(
         num_tags = int(np.shape(probs)[-1])
         times = _timed_runs(model, batch, iters, warmup, progress, f"bench {runtime_cls.name}")
         used_device = model.device
+        used_precision = model.compute_precision
     finally:
         model.close()
 
@@ -253,6 +256,7 @@ def run_benchmark(
         runtime=runtime_cls.name,
         device=used_device,
         precision=_precision(path),
+        compute_precision=used_precision,
         format=info.format,
         family=info.family,
         batch_size=batch_size,
@@ -331,6 +335,7 @@ _BASE_COLUMNS = (
     ("runtime", ("runtime",)),
     ("device", ("device",)),
     ("precision", ("precision",)),
+    ("compute", ("compute_precision",)),
     ("batch", ("batch_size",)),
     ("p50 ms/batch", ("latency_batch_ms", "p50")),
     ("p50 ms/image", ("latency_image_ms", "p50")),
@@ -423,7 +428,7 @@ def write_markdown_report(rows: list[dict], path: str | Path, title: str, notes:
         lines.append(f"Machine: {text}  ")
     lines += [f"Date: {_dt.date.today().isoformat()}", ""]
     lines.append("| " + " | ".join(headers) + " |")
-    lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|")
+    lines.append("|" + "|".join("---" if i < 4 else "---:" for i in range(len(headers))) + "|")
     for row in rows:
         cells = [_cell(_lookup(row, keys)) for _, keys in _BASE_COLUMNS]
         cells += [_cell(row.get(k)) for k in extra]

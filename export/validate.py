@@ -22,10 +22,13 @@ class ValidationReport:
     max_abs_diff: float
     tolerance: float
     batch_sizes: list[int]
+    runtime: str = ""  # what ran the exported model, e.g. "onnxruntime CPU"
+    compute_precision: str = ""  # what it computed in (fp32 unless the graph itself is lower)
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary for the manifest."""
-        return {"output": self.output, "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "batch_sizes": self.batch_sizes}
+        return {"output": self.output, "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "batch_sizes": self.batch_sizes,
+                "runtime": self.runtime, "compute_precision": self.compute_precision}
 
 
 def validation_inputs(image_size: int, batch_sizes=(1, 3), seed: int = 0) -> list[np.ndarray]:
@@ -41,6 +44,9 @@ def validate_outputs(
     precision: str,
     output_name: str = "probs",
     batch_sizes=(1, 3),
+    *,
+    runtime: str = "",
+    compute_precision: str = "",
 ) -> ValidationReport:
     """Run both models on the same inputs; raise ExportError naming the output and the largest difference."""
     tolerance = TOLERANCES[precision]
@@ -62,4 +68,4 @@ def validate_outputs(
             f"exported output {output_name!r} differs from the torch model by up to {worst:.3g} "
             f"(tolerance for {precision}: {tolerance:g}); no bundle was written"
         )
-    return ValidationReport(output_name, worst, tolerance, list(batch_sizes))
+    return ValidationReport(output_name, worst, tolerance, list(batch_sizes), runtime, compute_precision)

@@ -325,7 +325,7 @@ class ClipTextEncoder:
         except ImportError as exc:
             raise ExportError(
                 f"computing tag embeddings needs torch and transformers ({exc}); "
-                "install them: pip install 'transformers>=4.40,<5' (and torch)"
+                "install them with: pip install 'ram-edge[export]'"
             ) from None
         self._torch = torch
         try:

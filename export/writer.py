@@ -14,7 +14,7 @@ import numpy as np
 
 from ram_edge import __version__
 from ram_edge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, write_manifest
-from ram_edge.errors import ExportError
+from ram_edge.errors import ExportError, MissingDependencyError
 from ram_edge.fileio import atomic_dir
 from ram_edge.labels import LabelSet
 
@@ -56,7 +56,12 @@ def _exporter(fmt: str):
     try:
         return getattr(importlib.import_module(module), func)
     except ImportError as exc:
-        raise ExportError(f"the {fmt} exporter needs a missing package ({exc.name}); install 'ram-edge[dev]' or that package") from None
+        from ram_edge.extras import missing_package_message
+
+        message = missing_package_message(exc, "export")
+        if message is None:
+            raise
+        raise MissingDependencyError(message) from None
 
 
 def resolve_labels(
@@ -113,7 +118,10 @@ def export_bundle(
             "format_version": BUNDLE_VERSION,
             "model_format": fmt,
             "family": config.family,
+            # Stored precision of the weights; the arithmetic one is chosen by the runtime (fp32 on a CPU by
+            # default) and the one this bundle was validated in is `compute_precision`.
             "precision": precision,
+            "compute_precision": result.validation.compute_precision,
             "preprocess": {**config.preprocess.__dict__, "mean": list(config.preprocess.mean), "std": list(config.preprocess.std)},
             "labels": labels.to_manifest(),
             "subset": None if indices is None else {"indices": [int(i) for i in indices], "of": config.num_classes},

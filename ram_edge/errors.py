@@ -31,3 +31,7 @@ class RuntimeUnavailableError(RamEdgeError):
 
 class ExportError(RamEdgeError):
     """An export failed or did not reproduce the source model."""
+
+
+class MissingDependencyError(RamEdgeError):
+    """An optional package is not installed; the message names the extra that installs it."""

@@ -80,15 +80,20 @@ class Tagger:
         device: str | None = None,
         *,
         threads: int | None = None,
+        compute_precision: str | None = None,
         exif_transpose: bool = True,
         max_pixels: int | None = None,
     ) -> "Tagger":
-        """Open a checkpoint directory or bundle with the named runtime (`auto`: best installed)."""
+        """Open a checkpoint directory or bundle with the named runtime (`auto`: best installed).
+
+        `compute_precision` (fp32, bf16, fp16) is the arithmetic precision; None: fp32 on a CPU.
+        """
         from .runtimes import resolve_runtime
 
         info = describe(path)
         backend = resolve_runtime(runtime, info.format)
-        return cls(info, backend(info.path, device=device, threads=threads), exif_transpose=exif_transpose, max_pixels=max_pixels)
+        engine = backend(info.path, device=device, threads=threads, compute_precision=compute_precision)
+        return cls(info, engine, exif_transpose=exif_transpose, max_pixels=max_pixels)
 
     @property
     def tags(self) -> list[str]:

@@ -12,6 +12,23 @@ from typing import ClassVar
 
 import numpy as np
 
+from ram_edge.errors import RuntimeUnavailableError
+
+#: Arithmetic precisions a runtime can be asked to compute in (stored precision is the bundle's own).
+COMPUTE_PRECISIONS = ("fp32", "bf16", "fp16")
+_ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
+            "f16": "fp16", "float16": "fp16", "fp16": "fp16"}
+
+
+def normalize_compute_precision(value: str | None) -> str | None:
+    """'fp32' / 'bf16' / 'fp16' from any common spelling (f32, float32, ...); None stays None."""
+    if value is None:
+        return None
+    key = str(value).strip().lower()
+    if key not in _ALIASES:
+        raise RuntimeUnavailableError(f"unknown compute precision {value!r}; valid: {', '.join(COMPUTE_PRECISIONS)}")
+    return _ALIASES[key]
+
 
 class Runtime(abc.ABC):
     """A backend that runs one model (checkpoint directory or bundle) on one device."""
@@ -33,13 +50,24 @@ class Runtime(abc.ABC):
         """Devices this backend can use on this machine, best first."""
 
     @abc.abstractmethod
-    def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None) -> None:
-        """Load the model at `path` on `device` (None: the backend's default)."""
+    def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None,
+                 compute_precision: str | None = None) -> None:
+        """Load the model at `path` on `device` (None: the backend's default).
+
+        `compute_precision` (fp32, bf16, fp16) is the arithmetic precision, which is not the bundle's
+        stored precision: None means ram-edge's default, fp32 on a CPU whatever the plugin would pick.
+        A backend that cannot compute in the asked precision raises RuntimeUnavailableError.
+        """
 
     @property
     @abc.abstractmethod
     def device(self) -> str:
         """The device actually used."""
+
+    @property
+    @abc.abstractmethod
+    def compute_precision(self) -> str:
+        """The precision the backend actually computes in (fp32, bf16, fp16, or the graph's own)."""
 
     @abc.abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -13,9 +13,13 @@ import numpy as np
 from ram_edge.bundle import read_bundle
 from ram_edge.errors import RuntimeUnavailableError
 
-from .base import Runtime
+from .base import Runtime, normalize_compute_precision
 
 CACHE_ENV = "RAM_EDGE_OV_CACHE"
+# ram-edge's compute precision -> OpenVINO's INFERENCE_PRECISION_HINT value, and the CPU capability it needs.
+OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+CPU_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
+_FROM_OV = {"f32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "f16": "fp16", "float16": "fp16"}
 
 
 def _default_cache_dir() -> Path:
@@ -43,7 +47,7 @@ class OpenVINORuntime(Runtime):
         return [*ov.Core().available_devices, "AUTO"]
 
     def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 compute_precision: str | None = None, cache_dir: str | Path | None = None) -> None:
         import openvino as ov
 
         self.bundle = read_bundle(path)
@@ -59,9 +63,20 @@ class OpenVINORuntime(Runtime):
         self._config: dict[str, object] = {}
         if threads and device == "CPU":
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
-        if self.bundle.precision == "fp32" and device == "CPU":
-            # Keep fp32 bundles in fp32 (the CPU plugin may pick bf16 on AMX machines).
-            self._config["INFERENCE_PRECISION_HINT"] = "f32"
+        precision = normalize_compute_precision(compute_precision)
+        if device.startswith("CPU"):
+            # ram-edge chooses the CPU's compute precision, never the plugin: its default is bf16 on CPUs
+            # with AVX512_BF16 or AMX, so the same bundle would tag differently on two servers.
+            precision = precision or "fp32"
+            capabilities = self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if CPU_CAPABILITY[precision] not in capabilities:
+                raise RuntimeUnavailableError(
+                    f"this CPU cannot compute in {precision} (OpenVINO reports: {', '.join(capabilities)}); "
+                    f"leave the compute precision at fp32"
+                )
+        if precision is not None:
+            self._config["INFERENCE_PRECISION_HINT"] = OV_HINTS[precision]
+        self._asked_precision = precision or "device default"
         if not device.startswith("CPU"):
             # GPU/NPU compilation takes tens of seconds; cache the compiled blob per model.
             self._config["CACHE_DIR"] = str(cache_dir or _default_cache_dir())
@@ -84,6 +99,18 @@ class OpenVINORuntime(Runtime):
     def device(self) -> str:
         """The OpenVINO device string in use."""
         return self._device
+
+    @property
+    def compute_precision(self) -> str:
+        """The compiled model's INFERENCE_PRECISION_HINT (compiles on first call), as fp32 / bf16 / fp16."""
+        if self._compiled is None:
+            self._compile()
+        try:
+            value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        except RuntimeError:  # AUTO / MULTI compiled models do not expose the hint
+            return self._asked_precision
+        hint = value.get_type_name() if hasattr(value, "get_type_name") else str(value).lower()
+        return _FROM_OV.get(hint, hint)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for a preprocessed batch."""

@@ -11,7 +11,7 @@ import numpy as np
 from ram_edge.bundle import read_bundle
 from ram_edge.errors import RuntimeUnavailableError
 
-from .base import Runtime
+from .base import Runtime, normalize_compute_precision
 
 # --device value -> execution provider; the CPU provider is appended as onnxruntime's own
 # fallback only for nodes the chosen provider cannot run, never as a silent replacement.
@@ -43,10 +43,21 @@ class OrtRuntime(Runtime):
         order = ["tensorrt", "cuda", "cpu"]
         return [d for d in order if DEVICE_PROVIDERS[d] in providers]
 
-    def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None,
+                 compute_precision: str | None = None) -> None:
         import onnxruntime as ort
 
         self.bundle = read_bundle(path)
+        # onnxruntime computes in the graph's own types (an fp16 graph in fp16 where the provider has
+        # fp16 kernels, casting around the others); it has no switch to choose another.
+        graph_precision = self.bundle.precision
+        asked = normalize_compute_precision(compute_precision)
+        if asked is not None and asked != graph_precision:
+            raise RuntimeUnavailableError(
+                f"onnxruntime computes a {self.bundle.precision} bundle in {graph_precision}, not {asked}; "
+                f"export a {asked} bundle or use --runtime openvino, which can choose the compute precision"
+            )
+        self._compute_precision = graph_precision
         device = (device or "cpu").lower()
         if device not in DEVICE_PROVIDERS:
             raise RuntimeUnavailableError(f"unknown device {device!r} for the ort runtime; valid: {', '.join(DEVICE_PROVIDERS)}")
@@ -76,6 +87,11 @@ class OrtRuntime(Runtime):
     def device(self) -> str:
         """The device (execution provider) in use."""
         return self._device
+
+    @property
+    def compute_precision(self) -> str:
+        """The graph's own arithmetic precision (onnxruntime has no precision hint)."""
+        return self._compute_precision
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for a preprocessed batch."""

@@ -78,9 +78,9 @@ def resolve_runtime(name: str, artifact_format: str) -> type[Runtime]:
         for candidate in candidates:
             if _installed(candidate):
                 return get_runtime_class(candidate)
-        hint = " or ".join(f"'ram-edge[{_EXTRAS[c]}]'" for c in candidates) or "a matching backend"
+        hint = " or ".join(f"pip install 'ram-edge[{_EXTRAS[c]}]'" for c in candidates) or "a matching backend"
         raise RuntimeUnavailableError(
-            f"no installed runtime can run a {artifact_format!r} model; install {hint}"
+            f"no installed runtime can run a {artifact_format!r} model; install one with: {hint}"
         )
     cls = get_runtime_class(name)
     if artifact_format not in _FORMATS[name]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ram_edge.errors import RuntimeUnavailableError
 
-from .base import Runtime
+from .base import Runtime, normalize_compute_precision
 
 
 class TorchRuntime(Runtime):
@@ -34,7 +34,8 @@ class TorchRuntime(Runtime):
             devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         return devices
 
-    def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, device: str | None = None, threads: int | None = None,
+                 compute_precision: str | None = None) -> None:
         import torch
 
         from ram_edge.models.checkpoint import load_checkpoint
@@ -43,6 +44,13 @@ class TorchRuntime(Runtime):
         if device not in self.available_devices():
             raise RuntimeUnavailableError(
                 f"device {device!r} is not available to the torch runtime; available: {', '.join(self.available_devices())}"
+            )
+        precision = normalize_compute_precision(compute_precision) or "fp32"
+        if precision != "fp32":
+            # The reference model stays the reference: lower precisions are the exported bundles' job.
+            raise RuntimeUnavailableError(
+                f"the torch runtime computes in fp32 only (asked: {precision}); export a bundle "
+                f"(`ram-edge export`) and run it with --runtime openvino or ort for {precision}"
             )
         if threads:
             torch.set_num_threads(int(threads))
@@ -55,6 +63,11 @@ class TorchRuntime(Runtime):
     def device(self) -> str:
         """The torch device in use."""
         return self._device
+
+    @property
+    def compute_precision(self) -> str:
+        """Always fp32: the reference model in float32."""
+        return "fp32"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for a preprocessed batch."""

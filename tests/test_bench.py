@@ -37,6 +37,7 @@ def _check_result(result: dict, *, batch_size: int, iters: int) -> None:
     assert result["runtime"] == "torch" and result["device"] == "cpu"
     assert result["num_tags"] == 4585 and result["image_size"] == 224
     assert result["format"] == "checkpoint" and result["family"] == "ram" and result["precision"] == "fp32"
+    assert result["compute_precision"] == "fp32"
     assert result["load_time_s"] > 0 and result["first_run_ms"] > 0
     assert result["peak_rss_mb"] > 0 and result["model_size_mb"] > 0
     if result["rss_after_load_mb"] is not None:
@@ -107,7 +108,7 @@ def test_run_benchmark_rejects_bad_counts(kwargs, tmp_path):
 
 def _row(runtime, device, p50, **extra):
     return {
-        "runtime": runtime, "device": device, "precision": "fp32", "batch_size": 4,
+        "runtime": runtime, "device": device, "precision": "fp32", "compute_precision": "fp32", "batch_size": 4,
         "latency_batch_ms": {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "min": p50 * 0.9},
         "latency_image_ms": {"p50": p50 / 4, "p90": p50 * 1.1 / 4, "p99": p50 * 1.2 / 4},
         "throughput_img_s": 4000 / p50, "load_time_s": 1.5, "peak_rss_mb": 812.4, "model_size_mb": 3.2,
@@ -131,10 +132,10 @@ def test_write_markdown_report(tmp_path):
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + len(rows)
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header[:10] == ["runtime", "device", "precision", "batch", "p50 ms/batch", "p50 ms/image",
+    assert header[:11] == ["runtime", "device", "precision", "compute", "batch", "p50 ms/batch", "p50 ms/image",
                            "img/s", "load s", "peak RSS MB", "size MB"]
-    assert header[10:] == ["MACs/image", "queries", "% of roofline"]
-    assert table[2].startswith("| torch | cpu | fp32 | 4 | 123 | 30.86 | 32.40 | 1.50 | 812 | 3.20 | 4.50 G | 4585 | – |")
+    assert header[11:] == ["MACs/image", "queries", "% of roofline"]
+    assert table[2].startswith("| torch | cpu | fp32 | fp32 | 4 | 123 | 30.86 | 32.40 | 1.50 | 812 | 3.20 | 4.50 G | 4585 | – |")
     # A pipe inside a value is escaped so that the row keeps its columns.
     assert "cpu\\|fast" in table[3] and table[3].rstrip().endswith("| – | 37.25 |")
     assert text.rstrip().endswith("Random input, 2 threads.")

@@ -88,6 +88,61 @@ def test_fp16_bundle_within_tolerance(bundles, torch_probs, name, fmt):
     assert json.loads((bundles[name, fmt, "fp16"] / "manifest.json").read_text())["precision"] == "fp16"
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_openvino_cpu_computes_in_fp32_whatever_the_stored_precision(bundles, precision, monkeypatch):
+    """The CPU plugin's own default is bf16 on CPUs with AVX512_BF16 or AMX; ram-edge pins fp32 for every bundle."""
+    ov = pytest.importorskip("openvino")
+    from ram_edge.runtimes.openvino_runtime import OpenVINORuntime
+
+    configs = []
+
+    class RecordingCore(ov.Core):
+        def compile_model(self, model, device_name=None, config=None):
+            configs.append((device_name, dict(config or {})))
+            return super().compile_model(model, device_name, config)
+
+    monkeypatch.setattr(ov, "Core", RecordingCore)
+    bundle = bundles["ram_tiny", "openvino", precision]
+    runtime = OpenVINORuntime(bundle, device="CPU")
+    runtime.run(np.zeros((1, 3, 224, 224), np.float32))
+    # Asked for explicitly (on a Zen 3 or older Intel CPU the default would hide a missing pin)...
+    assert configs == [("CPU", {"INFERENCE_PRECISION_HINT": "f32"})]
+    # ...and what the compiled model reports.
+    assert runtime._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    assert runtime.compute_precision == "fp32"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["precision"] == precision and manifest["compute_precision"] == "fp32"
+    assert manifest["validation"]["compute_precision"] == "fp32" and manifest["validation"]["runtime"] == "OpenVINO CPU"
+
+
+def test_bf16_compute_only_where_the_cpu_has_it(bundles, converted_golden):
+    ov = pytest.importorskip("openvino")
+    bundle = bundles["ram_tiny", "openvino", "fp16"]
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:  # Zen 4, Sapphire Rapids: asked for, so granted
+        tagger = Tagger.load(bundle, runtime="openvino", compute_precision="bf16")
+        assert tagger.runtime.compute_precision == "bf16"
+    else:  # Zen 3: a clear refusal, never a silent fp32
+        with pytest.raises(RuntimeUnavailableError, match="cannot compute in bf16.*fp32"):
+            Tagger.load(bundle, runtime="openvino", compute_precision="bf16")
+    with pytest.raises(RuntimeUnavailableError, match="torch runtime computes in fp32 only"):
+        Tagger.load(converted_golden["ram_tiny"], runtime="torch", compute_precision="bf16")
+    with pytest.raises(RuntimeUnavailableError, match="unknown compute precision 'int4'"):
+        Tagger.load(bundle, runtime="openvino", compute_precision="int4")
+
+
+def test_bench_json_reports_stored_and_compute_precision(bundles):
+    pytest.importorskip("openvino")
+    bundle = bundles["ram_tiny", "openvino", "fp16"]
+    result = CliRunner().invoke(cli, ["bench", str(bundle), "--runtime", "openvino", "--iters", "1", "--warmup", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["precision"] == "fp16" and data["compute_precision"] == "fp32"
+    result = CliRunner().invoke(cli, ["bench", str(bundles["ram_tiny", "onnx", "fp16"]), "--runtime", "ort", "--iters", "1",
+                                      "--warmup", "0", "--compute-precision", "bf16"])
+    assert result.exit_code == 2 and "onnxruntime computes a fp16 bundle in fp16, not bf16" in result.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", GOLDEN)
 def test_subset_bundle_keeps_the_same_probabilities(converted_golden, bundles, torch_probs, name, tmp_path):

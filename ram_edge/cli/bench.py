@@ -7,6 +7,8 @@ from dataclasses import asdict
 
 import click
 
+from .options import compute_precision_option
+
 
 def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} MB"
@@ -17,8 +19,8 @@ def _human(r) -> list[str]:
     b, i = r.latency_batch_ms, r.latency_image_ms
     threads = r.threads if r.threads is not None else "default"
     rows = [
-        ("model", f"{r.model} ({r.family}, {r.format}, {r.precision}, {r.num_tags} tags at {r.image_size}px)"),
-        ("runtime", f"{r.runtime} on {r.device}, threads {threads}; batch {r.batch_size}, "
+        ("model", f"{r.model} ({r.family}, {r.format}, {r.precision} stored, {r.num_tags} tags at {r.image_size}px)"),
+        ("runtime", f"{r.runtime} on {r.device} computing in {r.compute_precision}, threads {threads}; batch {r.batch_size}, "
                     f"{r.iters} timed after {r.warmup} warm-up, {r.input} input"),
         ("load", f"{r.load_time_s:.2f} s (first run {r.first_run_ms:.1f} ms, not counted below)"),
         ("per batch", f"p50 {b['p50']:.2f} ms   p90 {b['p90']:.2f} ms   p99 {b['p99']:.2f} ms   "
@@ -41,15 +43,16 @@ def _human(r) -> list[str]:
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed run calls.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed run calls before timing (after the first, which is timed apart).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
+@compute_precision_option
 @click.option("--images", "images", type=click.Path(exists=True, file_okay=False), default=None, help="Benchmark on these images (cycled to fill the batch) instead of random input.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every number.")
-def bench(model, runtime, device, batch_size, iters, warmup, threads, images, as_json) -> None:
+def bench(model, runtime, device, batch_size, iters, warmup, threads, compute_precision, images, as_json) -> None:
     """Benchmark MODEL (checkpoint directory or bundle): load time, latency, throughput, memory."""
     from ..benchmarks.harness import run_benchmark
 
     result = run_benchmark(
         model, runtime=runtime, device=device, batch_size=batch_size, iters=iters, warmup=warmup,
-        threads=threads, images_dir=images,
+        threads=threads, images_dir=images, compute_precision=compute_precision,
     )
     if as_json:
         click.echo(json.dumps(asdict(result)))

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .options import compute_precision_option
+
 
 def _fmt(value: float) -> str:
     return "n/a" if value != value else f"{value:.2f}"
@@ -28,10 +30,11 @@ def _names(names: list[str], limit: int = 10) -> str:
 @click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
 @click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
+@compute_precision_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (percent) as one JSON object.")
 @click.option("--per-tag-out", type=click.Path(dir_okay=False), default=None, help="Write per-tag AP/P/R/F1 (percent) as CSV.")
-def eval_command(model, data, data_format, taglist, image_root, runtime, device, threads, batch_size, as_json, per_tag_out) -> None:
+def eval_command(model, data, data_format, taglist, image_root, runtime, device, threads, compute_precision, batch_size, as_json, per_tag_out) -> None:
     """Evaluate MODEL on DATA: mAP, per-tag AP, P/R/F1 at the model's thresholds (all in percent)."""
     from ram_edge.tagger import Tagger
     from ram_edge.training.eval_data import load_evalset
@@ -39,7 +42,7 @@ def eval_command(model, data, data_format, taglist, image_root, runtime, device,
 
     # The data is read before the model is loaded, so format errors come first and fast.
     evalset = load_evalset(data, data_format, taglist=taglist, image_root=image_root)
-    tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads)
+    tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads, compute_precision=compute_precision)
     try:
         report = evaluate(tagger, evalset, batch_size=batch_size, progress=True)
     finally:

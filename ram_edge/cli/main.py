@@ -13,7 +13,8 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import RamEdgeError
+from ..errors import MissingDependencyError, RamEdgeError
+from ..extras import missing_package_message
 
 # command name -> "module:function"; modules import their heavy dependencies lazily.
 COMMANDS = {
@@ -39,11 +40,24 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            message = missing_package_message(exc, name)
+            if message is None:
+                raise
+            raise MissingDependencyError(message) from exc
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except ImportError as exc:
+                # Commands import their heavy packages lazily: a missing one surfaces here, mid-command.
+                message = missing_package_message(exc, ctx.invoked_subcommand)
+                if message is None:
+                    raise
+                raise MissingDependencyError(message) from exc
         except RamEdgeError as exc:
             if os.environ.get("RAM_EDGE_DEBUG"):
                 raise

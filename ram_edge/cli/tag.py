@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from .options import compute_precision_option
+
 
 def _human(result, chinese: bool) -> str:
     if not result.tags:
@@ -22,6 +24,7 @@ def _human(result, chinese: bool) -> str:
 @click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
 @click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
+@compute_precision_option
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="One threshold for every tag instead of the per-tag ones.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="At most K tags per image (highest scores among those above threshold).")
 @click.option("--chinese", is_flag=True, help="Also print the Chinese tag names.")
@@ -29,7 +32,7 @@ def _human(result, chinese: bool) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 @click.option("--scores-out", type=click.Path(dir_okay=False), default=None, help="Write the float32 probability matrix (images x tags) as .npy; NaN rows for failed images.")
 @click.option("--no-exif-transpose", is_flag=True, help="Do not apply the EXIF orientation (the official transform does not).")
-def tag(images, model, runtime, device, threads, threshold, top_k, chinese, batch_size, as_json, scores_out, no_exif_transpose) -> None:
+def tag(images, model, runtime, device, threads, compute_precision, threshold, top_k, chinese, batch_size, as_json, scores_out, no_exif_transpose) -> None:
     """Tag IMAGES (files or folders, searched recursively)."""
     import numpy as np
     from tqdm import tqdm
@@ -44,7 +47,8 @@ def tag(images, model, runtime, device, threads, threshold, top_k, chinese, batc
     files = iter_image_files(images)
     if not files:
         raise click.UsageError(f"no image files found in: {', '.join(images)}")
-    tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads, exif_transpose=not no_exif_transpose)
+    tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads, compute_precision=compute_precision,
+                         exif_transpose=not no_exif_transpose)
     sources = [str(f) for f in files]
     with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None, leave=False) as bar:
         results, probs = tagger.tag_many(sources, batch_size=batch_size, threshold=threshold, top_k=top_k, progress=bar)
