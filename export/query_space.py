@@ -40,8 +40,9 @@ def query_space(info: CheckpointInfo) -> QuerySpace:
                           None if center is None else np.asarray(center, np.float32))
     train = source.get("config") if source.get("kind") == "trained" else None
     if isinstance(train, dict):
-        centred = bool(train.get("center_label_embed", False))
-        return QuerySpace(_kind(str(train.get("text_encoder", "clip"))), float(train.get("label_embed_scale", 1.0)),
+        centred = bool(train.get("center_label_embed") or False)
+        scale = train.get("label_embed_scale")
+        return QuerySpace(_kind(str(train.get("text_encoder", "clip"))), float(1.0 if scale is None else scale),
                           recompute_center=centred)
     return QuerySpace("clip")
 

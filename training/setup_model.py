@@ -4,7 +4,8 @@ from a text encoder (or kept from a checkpoint), and initial weights."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,11 +33,25 @@ def load_label_system(cfg: TrainConfig, init_labels=None):
     from .label_system import LabelSystem
 
     if cfg.labels:
-        return LabelSystem.load(cfg.labels)
+        system = LabelSystem.load(cfg.labels)
+        if init_labels is not None:
+            _keep_thresholds(system, init_labels)
+        return system
     if init_labels is not None:
         return LabelSystem(tags=list(init_labels.tags), synonyms=[[] for _ in init_labels.tags],
                            tags_zh=init_labels.tags_zh, thresholds=init_labels.thresholds)
     raise ConfigError("the training config needs `labels` (a label system file) or `init_from` (a checkpoint with labels)")
+
+
+def _keep_thresholds(system, init_labels) -> None:
+    """Tags kept from the initial checkpoint keep its (tuned) thresholds unless the label file sets one."""
+    old = {t: i for i, t in enumerate(init_labels.tags)}
+    thresholds = (np.full(len(system.tags), np.nan, np.float32) if system.thresholds is None
+                  else np.array(system.thresholds, np.float32))
+    for i, tag in enumerate(system.tags):
+        if np.isnan(thresholds[i]) and tag in old:
+            thresholds[i] = init_labels.thresholds[old[tag]]
+    system.thresholds = thresholds
 
 
 def text_embeddings(kind: str, names: list[str], family: str, des_per_class: int) -> np.ndarray:
@@ -63,6 +78,61 @@ def center_embeddings(embed: np.ndarray, mean: np.ndarray | None = None) -> tupl
     return centred / np.linalg.norm(centred, axis=-1, keepdims=True), mean
 
 
+@dataclass
+class LabelQuerySpace:
+    """How this run turns text embeddings into label queries; recorded in the trained checkpoint."""
+
+    text_encoder: str  # "minilm", "clip:<dir>", "learned", or "checkpoint" (no encoder: every query is kept)
+    scale: float = 1.0
+    centred: bool = False
+    center: np.ndarray | None = None  # the mean removed before scaling; None with centred: the label set's own
+
+    def to_record(self) -> dict:
+        """The `source.label_queries` entry of a checkpoint's config.json."""
+        return {"text_encoder": self.text_encoder, "scale": self.scale,
+                "center": None if self.center is None else [float(v) for v in np.asarray(self.center).ravel()]}
+
+
+def resolve_query_space(cfg: TrainConfig, init_info=None) -> LabelQuerySpace:
+    """The run's query space: the config's, or with `init_from` the checkpoint's recorded one (contradictions are errors)."""
+    if init_info is None:
+        return LabelQuerySpace(cfg.text_encoder, 1.0 if cfg.label_embed_scale is None else float(cfg.label_embed_scale),
+                               bool(cfg.center_label_embed))
+    from ram_edge.export.query_space import MINILM, _kind, query_space
+
+    recorded = query_space(init_info)
+    where = f"init_from {init_info.path}"
+    encoder = cfg.text_encoder
+    if encoder == "learned":
+        # Every query trains from here on: the checkpoint's space no longer describes them.
+        return LabelQuerySpace("learned", 1.0, False, None)
+    if encoder == "checkpoint" and recorded.text_encoder == MINILM:
+        encoder = MINILM  # the recorded encoder is in the package: new tags need nothing else
+    if encoder != "checkpoint" and _kind(encoder) != recorded.text_encoder:
+        fix = "text_encoder: minilm" if recorded.text_encoder == MINILM else "text_encoder: 'clip:<local CLIP dir>'"
+        raise ConfigError(
+            f"text_encoder {encoder!r} contradicts {where}, whose label queries are {recorded.text_encoder!r} embeddings; "
+            f"new tags must come from the same encoder ({fix}, or leave it at 'checkpoint')"
+        )
+    if cfg.label_embed_scale is not None and not math.isclose(float(cfg.label_embed_scale), recorded.scale, rel_tol=1e-6):
+        raise ConfigError(
+            f"label_embed_scale {cfg.label_embed_scale:g} contradicts {where}, whose queries are scaled by {recorded.scale:g}; "
+            f"remove label_embed_scale from the config (the checkpoint's is used) or set it to {recorded.scale:g}"
+        )
+    centred = recorded.center is not None or recorded.recompute_center
+    if cfg.center_label_embed is not None and bool(cfg.center_label_embed) != centred:
+        raise ConfigError(
+            f"center_label_embed {bool(cfg.center_label_embed)} contradicts {where}, whose queries are "
+            f"{'centred' if centred else 'not centred'}; remove center_label_embed from the config or set it to {centred}"
+        )
+    center = recorded.center
+    if center is None and recorded.recompute_center and encoder != "checkpoint":
+        # Checkpoints from before the centre was recorded: training removed the mean over their own tags.
+        tags = list(init_info.labels.tags)
+        center = text_embeddings(encoder, tags, init_info.config.family, init_info.config.des_per_class).mean(0)
+    return LabelQuerySpace(encoder, recorded.scale, centred, center)
+
+
 def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
     """(model, label system) ready to train."""
     init_model, init_info = None, None
@@ -73,6 +143,7 @@ def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
         base_config = init_info.config
     else:
         base_config = resolve_model_config(cfg.model)
+    space = resolve_query_space(cfg, init_info)
     labels = load_label_system(cfg, init_info.labels if init_info else None)
     config = replace(base_config, num_classes=len(labels.tags))
     learned = cfg.text_encoder == "learned"
@@ -100,25 +171,27 @@ def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
     if missing:
         if learned:
             embed[missing] = torch.randn(embed[missing].shape)  # distinct unit-scale queries to start from
-        elif cfg.text_encoder == "checkpoint":
+        elif space.text_encoder == "checkpoint":
             names = [labels.tags[i] for i in missing[:5]]
             raise ConfigError(
                 f"{len(missing)} tag(s) have no label query in the checkpoint (e.g. {names}); "
                 f"set text_encoder to 'clip:<local CLIP dir>' or 'minilm' to compute them"
             )
         else:
-            new = text_embeddings(cfg.text_encoder, [labels.tags[i] for i in missing], config.family, des)
-            if cfg.center_label_embed:
-                new, mean = center_embeddings(new)
-                model.label_embed_center = mean  # caption embeddings (alignment) are centred the same way
+            new = text_embeddings(space.text_encoder, [labels.tags[i] for i in missing], config.family, des)
             if new.shape[-1] != config.label_embed_dim:
                 raise ConfigError(
-                    f"text encoder {cfg.text_encoder!r} gives {new.shape[-1]}-d embeddings but the model's "
+                    f"text encoder {space.text_encoder!r} gives {new.shape[-1]}-d embeddings but the model's "
                     f"label_embed_dim is {config.label_embed_dim}; set model.label_embed_dim accordingly"
                 )
-            embed[missing] = torch.from_numpy(new).view(len(missing), des, -1) * cfg.label_embed_scale
+            if space.centred:
+                # From scratch: the label set's own mean; fine-tuning: the initial checkpoint's.
+                new, space.center = center_embeddings(new, space.center)
+            embed[missing] = torch.from_numpy(new).view(len(missing), des, -1) * space.scale
     with torch.no_grad():
         model.label_embed.copy_(embed.view(-1, embed.shape[-1]))
+    model.query_space = space
+    model.label_embed_center = space.center  # caption embeddings (alignment) are centred the same way
     if cfg.init_encoder_from:
         from .init_weights import load_timm_swin
 
