@@ -140,10 +140,21 @@ def _weights(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path):
-    data = make_dataset(tmp_path / "data", 40, seed=3, broken=1)
+    data = make_dataset(tmp_path / "data", 40, seed=3, broken=7)
     straight = tiny_config(tmp_path, data, total_steps=12, checkpoint_every=4, output_dir=str(tmp_path / "straight"))
     proc = _run_cli(_write_cfg(tmp_path, straight))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Redirected (not a terminal): a line per log record and checkpoint, the first skipped images by name.
+    err = proc.stderr
+    assert "step 5/12: loss" in err and "step 10/12: loss" in err
+    assert f"step 4: checkpoint {tmp_path / 'straight' / 'checkpoints' / 'step-00000004'}" in err
+    assert err.count("skipped unreadable image images/broken") == 5 and "all are listed in" in err
+    listed = (tmp_path / "straight" / "skipped_images.tsv").read_text().splitlines()
+    # Each broken image once, though 12 steps of 8 go through the 47 samples more than twice.
+    keys = [line.split("\t")[0] for line in listed]
+    assert len(set(keys)) == len(keys) >= 5 and set(keys) <= {f"images/broken{j}.png" for j in range(7)}
+    assert all("unreadable" in line or "cannot identify" in line for line in listed), listed
+    assert f"finished at step 12: model written to {tmp_path / 'straight' / 'model'}" in err
     resumed = dict(straight, output_dir=str(tmp_path / "resumed"))
     cfg_path = _write_cfg(tmp_path, resumed)
     crashed = _run_cli(cfg_path, env={"RAM_EDGE_TRAIN_CRASH_AFTER_STEP": "6"})
@@ -152,10 +163,56 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert not (tmp_path / "resumed" / "model").exists()
     proc = _run_cli(cfg_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'resumed' / 'checkpoints' / 'step-00000004'} at step 4 of 12" in proc.stderr
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(r.get("event") == "resumed" for r in _log(tmp_path / "resumed"))
+    # Steps 5-6 ran twice; the list of skipped images is still that of the uninterrupted run.
+    assert (tmp_path / "resumed" / "skipped_images.tsv").read_text() == "\n".join(listed) + "\n"
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    data = make_dataset(tmp_path / "data", 16, seed=8)
+    cfg_path = _write_cfg(tmp_path, tiny_config(tmp_path, data, total_steps=100000, checkpoint_every=3))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ram_edge.cli.main", "train", str(cfg_path), "--steps", "100000"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+    while not latest.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    last = (tmp_path / "run" / "checkpoints" / latest.read_text()).resolve()
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    assert f"the last checkpoint is {last}" in line or f"the last checkpoint is {tmp_path / 'run' / 'checkpoints'}" in line, line
+    assert line.endswith(f"resume with: ram-edge train {cfg_path} --steps 100000"), line
+
+
+def test_data_path_may_list_several_jsonl_sources(tmp_path):
+    from ram_edge.training.config import TrainConfig
+    from ram_edge.training.data import open_source
+
+    first, second = make_dataset(tmp_path / "a", 5, seed=1), make_dataset(tmp_path / "b", 3, seed=2)
+    (tmp_path / "train.yaml").write_text("data: {kind: jsonl, path: [a, b/annotations.jsonl], tags_from: given}\n")
+    cfg = TrainConfig.from_file(tmp_path / "train.yaml")
+    source = open_source(cfg.data)
+    assert len(source) == 8
+    rows = [json.loads(line) for path in (first, second) for line in (path / "annotations.jsonl").read_text().splitlines()]
+    for i in (0, 4, 5, 7):
+        example = source.example(i)
+        assert example.tags == rows[i]["tags"] and example.load().size == (32, 32)
+    # Index 5 is the second source's first image, not the first source's image of the same name.
+    np.testing.assert_array_equal(np.asarray(source.example(5).load()), np.asarray(Image.open(second / "images" / "0000.png")))
+    with pytest.raises(IndexError):
+        source.example(8)
 
 
 @pytest.mark.slow

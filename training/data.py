@@ -8,6 +8,7 @@ skipped and counted, never crash an epoch.
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import math
@@ -123,12 +124,37 @@ class SceneSource:
         return Example(f"scene-{index}", lambda: scene.image, list(scene.captions), list(scene.tags))
 
 
+class ConcatSource:
+    """Several sources read as one, in the order given (data.path as a list)."""
+
+    def __init__(self, sources: Sequence[Any]) -> None:
+        self.sources = list(sources)
+        self.starts = np.cumsum([0] + [len(src) for src in self.sources]).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def example(self, index: int) -> Example:
+        """The example at `index` of the concatenation."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        which = bisect.bisect_right(self.starts, index) - 1
+        return self.sources[which].example(index - self.starts[which])
+
+
+def _paths(cfg: DataConfig) -> list[str]:
+    paths = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path or [])
+    if not paths or not all(isinstance(p, str) and p for p in paths):
+        raise ConfigError(f"data.path {cfg.path!r} must be a path or a list of paths (data kind {cfg.kind!r})")
+    return paths
+
+
 def open_source(cfg: DataConfig):
     """The map-style source for a data config (WebDataset shards are streamed separately)."""
-    if cfg.kind == "jsonl":
-        return JsonlSource(cfg.path, cfg.image_root)
-    if cfg.kind == "official":
-        return OfficialJsonSource(cfg.path, cfg.image_root)
+    readers = {"jsonl": JsonlSource, "official": OfficialJsonSource}
+    if cfg.kind in readers:
+        sources = [readers[cfg.kind](path, cfg.image_root) for path in _paths(cfg)]
+        return sources[0] if len(sources) == 1 else ConcatSource(sources)
     if cfg.kind == "scenes":
         return SceneSource(cfg.scenes, cfg.samples_per_epoch or 10000)
     raise ConfigError(f"data kind {cfg.kind!r} has no map-style source; valid: jsonl, official, scenes, wds")
@@ -320,12 +346,12 @@ class MapDataset:
 
 
 def make_item(example: Example, transform, targets: TargetBuilder, rng: np.random.Generator):
-    """A training item dict, or None when the image cannot be read (counted by the collate)."""
+    """A training item dict, or {"skipped": (key, reason)} when the image cannot be read (the collate counts it)."""
     try:
         image = example.load()
         pixels = transform(image, rng)
-    except (RamEdgeError, OSError, ValueError):
-        return None
+    except (RamEdgeError, OSError, ValueError) as exc:
+        return {"skipped": (example.key, str(exc) or type(exc).__name__)}
     caption = example.captions[int(rng.integers(len(example.captions)))] if example.captions else ""
     return {"image": pixels, "target": targets(example), "caption": caption, "teacher": example.teacher, "key": example.key}
 
@@ -421,11 +447,12 @@ def hash_key(key: str) -> int:
 
 
 def collate(items: list[dict | None]) -> dict[str, Any]:
-    """Stack the readable items; count the unreadable ones."""
+    """Stack the readable items; count and name the unreadable ones."""
     import torch
 
-    good = [it for it in items if it is not None]
-    batch: dict[str, Any] = {"skipped": len(items) - len(good), "size": len(good)}
+    good = [it for it in items if it is not None and "skipped" not in it]
+    skipped = [it["skipped"] for it in items if it is not None and "skipped" in it]
+    batch: dict[str, Any] = {"skipped": len(items) - len(good), "skipped_keys": skipped, "size": len(good)}
     if not good:
         return batch
     batch["image"] = torch.from_numpy(np.stack([it["image"] for it in good]))

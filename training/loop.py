@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ram_edge.errors import ConfigError
+from ram_edge.labels import DEFAULT_THRESHOLD
 from ram_edge.fileio import atomic_dir, atomic_file
 
 from .config import TrainConfig
@@ -34,6 +35,8 @@ STATE_FILE = "train_state.pt"
 LATEST = "latest"
 # Test hook: hard-exit (no cleanup) right after this optimizer step, to prove exact resume.
 CRASH_ENV = "RAM_EDGE_TRAIN_CRASH_AFTER_STEP"
+# Skipped images named on the console; all of them are listed in the run's skipped_images.tsv.
+SKIPPED_NAMED = 5
 
 
 class Distributed:
@@ -148,6 +151,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.step = self.epoch = self.batches_in_epoch = 0
         self.skipped = 0
+        self.skipped_listed = 0  # lines in skipped_file(); restored on resume so that replayed steps do not repeat
+        self._skipped_keys: set[str] = set()  # each unreadable image is listed once, not once per epoch
+        self._bar = None
         self._build_data()
 
     # ------------------------------------------------------------ frozen teachers
@@ -206,6 +212,49 @@ class Trainer:
         self.dataset.set_epoch(self.epoch, start)
         return DataLoader(self.dataset, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.data.num_workers)
 
+    # ------------------------------------------------------------ console and skipped images
+    def say(self, message: str) -> None:
+        """One line on stderr (rank 0, when progress is on), above the progress bar if one is shown."""
+        if not self.progress:
+            return
+        if self._bar is not None and not self._bar.disable:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    @property
+    def skipped_file(self) -> Path:
+        """Every image this rank skipped as unreadable, one `key<TAB>reason` line each (once per image)."""
+        return self.out / ("skipped_images.tsv" if self.dist.world == 1 else f"skipped_images.rank{self.dist.rank}.tsv")
+
+    def _note_skipped(self, items: list[tuple[str, str]]) -> None:
+        if not items:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.skipped_file, "a", encoding="utf-8") as fh:
+            for key, reason in items:
+                if key in self._skipped_keys:
+                    continue
+                self._skipped_keys.add(key)
+                fh.write(f"{key}\t{' '.join(reason.split())}\n")
+                self.skipped_listed += 1
+                if self.skipped_listed <= SKIPPED_NAMED:
+                    self.say(f"skipped unreadable image {key}: {reason}")
+                if self.skipped_listed == SKIPPED_NAMED:
+                    self.say(f"further skipped images are not shown; all are listed in {self.skipped_file}")
+
+    def _truncate_skipped(self) -> None:
+        # Steps after the checkpoint are replayed: drop what they had listed.
+        path = self.skipped_file
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if len(lines) > self.skipped_listed:
+            lines = lines[: self.skipped_listed]
+            with atomic_file(path, "w") as fh:
+                fh.writelines(lines)
+        self._skipped_keys = {line.split("\t", 1)[0] for line in lines}
+
     # ------------------------------------------------------------ checkpoints
     def save(self) -> Path | None:
         """Write the full training state atomically (rank 0); every rank waits for it."""
@@ -217,7 +266,8 @@ class Trainer:
             state = {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-                "skipped": self.skipped, "rng": _rng_state(self.generator), "config": self.cfg.to_dict(), "world": self.dist.world,
+                "skipped": self.skipped, "skipped_listed": self.skipped_listed, "rng": _rng_state(self.generator),
+                "config": self.cfg.to_dict(), "world": self.dist.world,
             }
             with atomic_dir(path, overwrite=True) as tmp:
                 torch.save(state, tmp / STATE_FILE)
@@ -244,6 +294,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
         self.skipped = state.get("skipped", 0)
+        self.skipped_listed = state.get("skipped_listed", 0)
+        self._truncate_skipped()
         _set_rng_state(state["rng"], self.generator)
 
     # ------------------------------------------------------------ loop
@@ -263,15 +315,22 @@ class Trainer:
         if resume and (ckpt := latest_checkpoint(self.out)) is not None:
             self.resume(ckpt)
             self.log({"event": "resumed", "from": str(ckpt), "step": self.step})
-        elif self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-            self.log({"event": "start", "model": json.loads(describe_model(self.model)), "world": self.dist.world})
+            self.say(f"resuming from {ckpt} at step {self.step} of {cfg.total_steps} (epoch {self.epoch})")
+        else:
+            self.skipped_file.unlink(missing_ok=True)  # a fresh run lists its own skipped images
+            if self.dist.main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+                self.log({"event": "start", "model": json.loads(describe_model(self.model)), "world": self.dist.world})
+            self.say(f"training {describe_model(self.model)} for {cfg.total_steps} steps into {self.out}")
         bar = None
         if self.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", file=sys.stderr, disable=None, dynamic_ncols=True)
+        self._bar = bar
+        # Without a terminal the bar is off: a line per log record keeps a redirected log informative.
+        log_lines = bar is None or bar.disable
         crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
         record: dict[str, Any] = {}
         sums: dict[str, float] = {}
@@ -282,6 +341,7 @@ class Trainer:
             for batch in self._loader():
                 self.batches_in_epoch += 1
                 self.skipped += batch["skipped"]
+                self._note_skipped(batch.get("skipped_keys", []))
                 if batch["size"] == 0:
                     continue
                 batch = {k: (v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -320,12 +380,21 @@ class Trainer:
                     self.log(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record.get('loss', 0):.3f}")
+                    if log_lines:
+                        self.say(f"step {self.step}/{cfg.total_steps}: loss {record.get('loss', float('nan')):.4f}, "
+                                 f"lr {record['lr']:.3g}, {record['images_per_s']:.1f} images/s"
+                                 + (f", {self.skipped} skipped" if self.skipped else ""))
                     sums, images, window, tick = {}, 0, 0, time.perf_counter()
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self.log({"step": self.step, **self.evaluate()})
+                    result = self.evaluate()
+                    self.log({"step": self.step, **result})
+                    if result:
+                        self.say(f"step {self.step}: eval mAP {result['eval_map']:.2f} on {result['eval_images']} images")
                     self.model.train()
                 if self.step % cfg.checkpoint_every == 0 or self.step == end:
-                    self.save()
+                    saved = self.save()
+                    if saved is not None:
+                        self.say(f"step {self.step}: checkpoint {saved}")
                 if crash_after and self.step == crash_after:
                     os._exit(17)
                 if self.step >= end:
@@ -335,7 +404,19 @@ class Trainer:
                 self.batches_in_epoch = 0
         if bar is not None:
             bar.close()
+        self._bar = None
         self.finish()
+        if self.skipped:
+            self.say(f"{self.skipped} unreadable image(s) were skipped; listed in {self.skipped_file}")
+        if self.step >= cfg.total_steps:
+            self.say(f"finished at step {self.step}: model written to {self.out / 'model'}")
+            untuned = self._default_thresholds()
+            if untuned:
+                model = self.out / "model"
+                self.say(f"{untuned} of {len(self.labels.tags)} tags have the default threshold {DEFAULT_THRESHOLD:g}; tune them on "
+                         f"held-out data: ram-edge eval {model} DATA --tune-thresholds {model / 'thresholds.txt'}")
+        else:
+            self.say(f"stopped at step {self.step} of {cfg.total_steps}; run the same command without --stop-at to go on")
         return record
 
     # ------------------------------------------------------------ evaluation and export
@@ -388,6 +469,11 @@ class Trainer:
             self.export_checkpoint(self.out / "model")
             self.log({"event": "finished", "step": self.step, "ranks_identical": len(set(gathered)) == 1, "skipped": self.skipped})
         self.dist.barrier()
+
+    def _default_thresholds(self) -> int:
+        """How many tags got no threshold from the label file or the initial checkpoint."""
+        th = self.labels.thresholds
+        return len(self.labels.tags) if th is None else int(np.isnan(th).sum())
 
     def _query_space(self) -> dict[str, Any]:
         """How text embeddings became label queries, so that export (and a later fine-tuning) embeds new tags the same way."""

@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
+from pathlib import Path
 
 import click
+
+
+def _interrupted(cfg, config: str, output_dir: str | None, steps: int | None) -> str:
+    """Where an interrupted run can be resumed from, and the command that does it."""
+    from ..training.loop import latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(cfg.output_dir))
+    if ckpt is None:
+        return f"interrupted before the first checkpoint; nothing to resume in {cfg.output_dir} (the run starts over)"
+    step = int(ckpt.name.rsplit("-", 1)[-1])
+    command = ["ram-edge", "train", config]
+    if output_dir:
+        command += ["--output-dir", output_dir]
+    if steps:
+        command += ["--steps", str(steps)]
+    return (f"interrupted; the last checkpoint is {ckpt} (step {step} of {cfg.total_steps}), later steps are lost; "
+            f"resume with: {shlex.join(command)}")
 
 
 @click.command()
@@ -25,7 +45,11 @@ def train(config, output_dir, steps, stop_at, no_resume, as_json) -> None:
         cfg.output_dir = output_dir
     if steps:
         cfg.total_steps = steps
-    record = run(cfg, resume=not no_resume, stop_at=stop_at)
+    try:
+        record = run(cfg, resume=not no_resume, stop_at=stop_at)
+    except KeyboardInterrupt:
+        click.echo(_interrupted(cfg, config, output_dir, steps), err=True)
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps(record))
     elif record:
