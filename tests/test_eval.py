@@ -188,7 +188,7 @@ def test_eval_cli_bad_image_and_unknown_tag(converted_golden, tmp_path):
     extra = [{"image": "missing.jpg", "tags": ["squash"]}, {"image": str(tmp_path / "golden.jsonl"), "tags": ["no such tag"]}]
     data, n_tags = _golden_jsonl(tmp_path, extra)
     result = _eval(converted_golden["ram_tiny"], data, "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the report is complete, but images failed: as `tag` does
     report = json.loads(result.stdout)
     assert report["images"] == 4 and report["failed_images"] == 2
     assert [f["image"] for f in report["failed"]] == [str(tmp_path / "missing.jpg"), str(tmp_path / "golden.jsonl")]
@@ -219,3 +219,34 @@ def test_evaluate_api_and_report_file(converted_golden, tmp_path):
     out = tmp_path / "report.json"
     write_report(report, out)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report.to_dict()))
+
+
+def test_tune_thresholds_writes_a_thresholds_file_the_checkpoint_uses(tmp_path):
+    """The recipe's threshold tuning, for users: `eval --tune-thresholds` on the default model's examples."""
+    import shutil
+
+    assets = Path(__file__).resolve().parents[1] / "ram_edge" / "assets" / "default_model"
+    pytest.importorskip("torch", reason="the torch extra is needed: pip install 'ram-edge[torch]'")
+    examples = json.loads((assets / "examples" / "examples.json").read_text())
+    data = tmp_path / "examples.jsonl"
+    data.write_text("".join(json.dumps({"image": str(assets / "examples" / k), "tags": v}) + "\n" for k, v in examples.items()))
+    model = tmp_path / "model"
+    shutil.copytree(assets / "checkpoint", model)
+    before = (model / "thresholds.txt").read_text().splitlines()
+    result = _eval(model, data, "--runtime", "torch", "--json", "--tune-thresholds", model)
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.stdout)
+    after = (model / "thresholds.txt").read_text().splitlines()
+    assert len(after) == len(before) == 359
+    evaluated = {t["model_index"] for t in first["per_tag"] if t["positives"]}
+    # Only the tags with a positive in the data changed; every value is a probability.
+    assert all(after[i] == before[i] for i in range(359) if i not in evaluated)
+    assert all(0 <= float(v) <= 1 for v in after)
+    line = [x for x in result.stderr.splitlines() if x.startswith("thresholds:")][0]
+    assert f"{len(evaluated)} of 359 tags tuned" in line and f"wrote {model / 'thresholds.txt'}" in line
+    f1_before, f1_after = (float(x) for x in line.split("macro F1 here ")[1].split(" (")[0].split(" -> "))
+    assert f1_after >= f1_before
+    # The checkpoint now tags with the tuned thresholds: its macro F1 on the same data is the tuned one.
+    second = json.loads(_eval(model, data, "--runtime", "torch", "--json").stdout)
+    assert second["macro"]["f1"] == pytest.approx(f1_after, abs=1e-6)
+    assert second["mAP"] == pytest.approx(first["mAP"])

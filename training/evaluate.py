@@ -60,6 +60,9 @@ class EvalReport:
     per_tag: list[TagMetrics]
     skipped_tags: list[str] = field(default_factory=list)
     skipped_positives: int = 0
+    # What the metrics were computed from (not in to_dict): scores and truth of the evaluated images x tags.
+    scores: np.ndarray | None = field(default=None, repr=False)
+    targets: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def tags_evaluated(self) -> int:
@@ -183,7 +186,49 @@ def evaluate(tagger: Any, evalset: EvalSet, batch_size: int = 8, progress: Any =
         per_tag=per_tag,
         skipped_tags=list(evalset.skipped_tags),
         skipped_positives=evalset.skipped_positives,
+        scores=scores,
+        targets=targets,
     )
+
+
+@dataclass
+class TunedThresholds:
+    """Per-tag thresholds tuned on an evaluation (for every tag of the model, in its order)."""
+
+    thresholds: np.ndarray  # float32, one per model tag; untuned tags keep the model's
+    tuned: int  # tags with a positive in the data, whose threshold was tuned
+    macro_f1_before: float  # percent, over the tuned tags, on the tuning data
+    macro_f1_after: float
+
+
+def tune_report_thresholds(report: EvalReport, model_thresholds: np.ndarray) -> TunedThresholds:
+    """Thresholds maximising each tag's F1 on the evaluated data (tags without a positive keep theirs)."""
+    from .metrics import tune_thresholds
+
+    if report.scores is None or report.targets is None:
+        raise RamEdgeError("this report holds no scores to tune thresholds on; run evaluate() again")
+    cols = np.array([t.model_index for t in report.per_tag], dtype=np.int64)
+    current = np.asarray(model_thresholds, np.float32)[cols]
+    tuning = tune_thresholds(report.scores, report.targets, default=current)
+    full = np.array(model_thresholds, dtype=np.float32, copy=True)
+    full[cols] = tuning.thresholds
+    tuned = np.asarray(tuning.tuned, bool)
+    before = precision_recall_f1(report.scores > current, report.targets)
+    after = precision_recall_f1(report.scores > tuning.thresholds, report.targets)
+    mean = (lambda f1: _pct(np.nanmean(np.asarray(f1)[tuned])) if tuned.any() else float("nan"))
+    return TunedThresholds(full, int(tuned.sum()), mean(before.f1), mean(after.f1))
+
+
+def write_thresholds(thresholds: np.ndarray, path: str | Path) -> Path:
+    """One threshold per line (a checkpoint directory's thresholds.txt format), atomically; a directory gets thresholds.txt."""
+    from ram_edge.labels import THRESHOLDS_FILE, _format_threshold
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / THRESHOLDS_FILE
+    with atomic_file(path, "w") as fh:
+        fh.write("".join(f"{_format_threshold(v)}\n" for v in np.asarray(thresholds, np.float32)))
+    return path
 
 
 def write_report(report: EvalReport, path: str | Path) -> None:

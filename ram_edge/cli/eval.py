@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -34,11 +35,18 @@ def _names(names: list[str], limit: int = 10) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the full report (percent) as one JSON object.")
 @click.option("--per-tag-out", type=click.Path(dir_okay=False), default=None, help="Write per-tag AP/P/R/F1 (percent) as CSV.")
-def eval_command(model, data, data_format, taglist, image_root, runtime, device, threads, compute_precision, batch_size, as_json, per_tag_out) -> None:
-    """Evaluate MODEL on DATA: mAP, per-tag AP, P/R/F1 at the model's thresholds (all in percent)."""
+@click.option("--tune-thresholds", "tune_out", type=click.Path(), default=None,
+              help="Tune each tag's threshold for F1 on DATA and write them (one per model tag) to this file, or to "
+                   "thresholds.txt in this directory: pass MODEL itself to update a checkpoint directory.")
+def eval_command(model, data, data_format, taglist, image_root, runtime, device, threads, compute_precision, batch_size, as_json,
+                 per_tag_out, tune_out) -> None:
+    """Evaluate MODEL on DATA: mAP, per-tag AP, P/R/F1 at the model's thresholds (all in percent).
+
+    Exits with 1 when images failed (they are excluded from the metrics and listed), as `tag` does.
+    """
     from ram_edge.tagger import Tagger
     from ram_edge.training.eval_data import load_evalset
-    from ram_edge.training.evaluate import evaluate, write_per_tag_csv
+    from ram_edge.training.evaluate import evaluate, tune_report_thresholds, write_per_tag_csv, write_thresholds
 
     # The data is read before the model is loaded, so format errors come first and fast.
     evalset = load_evalset(data, data_format, taglist=taglist, image_root=image_root)
@@ -49,6 +57,18 @@ def eval_command(model, data, data_format, taglist, image_root, runtime, device,
         tagger.close()
     if per_tag_out:
         write_per_tag_csv(report, per_tag_out)
+    if tune_out:
+        tuned = tune_report_thresholds(report, tagger.labels.thresholds)
+        written = write_thresholds(tuned.thresholds, tune_out)
+        click.echo(
+            f"thresholds: {tuned.tuned} of {len(tagger.tags)} tags tuned for F1 on this data (the others keep theirs); "
+            f"their macro F1 here {tuned.macro_f1_before:.2f} -> {tuned.macro_f1_after:.2f} (measured on the tuning data "
+            f"itself: evaluate on another split); wrote {written}",
+            err=True,
+        )
+        if tagger.info.format != "checkpoint":
+            click.echo(f"note: {model} is a bundle, whose thresholds live in its manifest: copy {written} into the checkpoint "
+                       f"directory it was exported from and export again", err=True)
     for image, error in report.failed[:10]:
         click.echo(f"error: {error}", err=True)
     if report.failed:
@@ -61,7 +81,13 @@ def eval_command(model, data, data_format, taglist, image_root, runtime, device,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False))
-        return
+    else:
+        _print_human(report)
+    if report.failed:
+        sys.exit(1)
+
+
+def _print_human(report) -> None:
     click.echo(f"data:     {report.data} ({report.format})")
     click.echo(f"images:   {report.images} evaluated, {len(report.failed)} failed")
     click.echo(
