@@ -180,8 +180,11 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
     data = make_dataset(tmp_path / "data", 16, seed=8)
     cfg_path = _write_cfg(tmp_path, tiny_config(tmp_path, data, total_steps=100000, checkpoint_every=3))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ram_edge.cli.main", "train", str(cfg_path), "--steps", "100000"],
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    # A shell's background jobs (CI runners, nohup) start with SIGINT ignored; a terminal's Ctrl-C does not.
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from ram_edge.cli.main import main\n"
+            f"main(['train', {str(cfg_path)!r}, '--steps', '100000'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     latest = tmp_path / "run" / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
     while not latest.is_file() and time.monotonic() < deadline and proc.poll() is None:
