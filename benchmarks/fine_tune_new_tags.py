@@ -7,8 +7,8 @@ are new scenes of the same categories. Rows of the report:
 
 - the default model before fine-tuning, with the new tags' queries from MiniLM in its recorded query
   space (what `ram-edge export --vocab FILE --text-encoder minilm` gives, no training);
-- the fine-tuned model (`init_from` the default checkpoint, the README's way: no query-space keys
-  in the config, so the checkpoint's recorded MiniLM space, scale and centre are used).
+- the fine-tuned model (`init_from` the default checkpoint, `text_encoder: minilm`, no
+  `label_embed_scale` or `center_label_embed`: the checkpoint's recorded scale and centre are used).
 
     python -m ram_edge.benchmarks.fine_tune_new_tags --workdir /tmp/ram-ft --steps 200
 """
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seen", type=int, default=45, help="seen categories rehearsed beside them")
     parser.add_argument("--test", type=int, default=500, help="test scenes")
     parser.add_argument("--report", type=Path, default=REPORT)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="results.json of this script run with another ram-edge version (e.g. before a fix): one more row")
+    parser.add_argument("--baseline-name", default="baseline", help="what the --baseline row is called")
     args = parser.parse_args(argv)
 
     from ram_edge import Tagger
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     labels = work / "labels.tsv"
     labels.write_text("tag\n" + "".join(f"{t}\n" for t in [*info.labels.tags, *new]))
     cfg = TrainConfig.from_dict({
-        "output_dir": str(work / "run"), "init_from": str(checkpoint), "labels": str(labels),
+        # As a user writes it: the encoder named, scale and centre left to the checkpoint.
+        "output_dir": str(work / "run"), "init_from": str(checkpoint), "labels": str(labels), "text_encoder": "minilm",
         "data": {"kind": "scenes", "tags_from": "given", "samples_per_epoch": 100000,
                  "scenes": {"seed": 2, "split": "train", "size": info.config.preprocess.image_size, "categories": categories},
                  "crop_scale": [0.7, 1.0]},
@@ -119,12 +123,20 @@ def main(argv: list[str] | None = None) -> None:
                "map_seen_before": before_seen, "map_seen_after": after_seen,
                "query_norm_new": new_norm, "query_norm_kept": kept_norm, "recorded_scale": space["scale"]}
     (work / "results.json").write_text(json.dumps(results, indent=1))
-    _write_report(args.report, results)
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    _write_report(args.report, results, baseline, args.baseline_name)
     print(json.dumps(results))
 
 
-def _write_report(path: Path, r: dict) -> None:
+def _write_report(path: Path, r: dict, baseline: dict | None = None, baseline_name: str = "baseline") -> None:
     from ram_edge.fileio import atomic_file
+
+    extra, how = "", ""
+    if baseline is not None:
+        how = (f"\nThe \"{baseline_name}\" row is this script run under that ram-edge version (its `results.json` passed with "
+               f"`--baseline`): same data, seeds and config, which at that version meant scale 1 and no centring for the new tags.\n")
+        extra = (f"| fine-tuned, {baseline_name} (query norms: new {baseline['query_norm_new']:.3f}, "
+                 f"kept {baseline['query_norm_kept']:.3f}) | {baseline['map_new_after']:.1f} | {baseline['map_seen_after']:.1f} |\n")
 
     text = f"""# Fine-tuning the default model with new tags
 
@@ -132,18 +144,17 @@ def _write_report(path: Path, r: dict) -> None:
 2-core CPU machine. New tags: {', '.join(r['new_tags'])} (held-out emoji categories the default model never saw);
 training scenes draw from them and {r['seen_rehearsed']} seen categories; {r['test_scenes']} new test scenes of the same categories.
 Fine-tuning: `init_from` the shipped checkpoint, tags given, tagging loss only, {r['steps']} steps of {r['batch_size']}
-images, lr {r['lr']:g} ({r['minutes']} min). The config names no `text_encoder`, `label_embed_scale` or
-`center_label_embed`: the new queries are embedded in the checkpoint's recorded MiniLM space.
+images, lr {r['lr']:g} ({r['minutes']} min). The config sets `text_encoder: minilm` and neither
+`label_embed_scale` nor `center_label_embed`: the new queries are embedded in the checkpoint's recorded space.
 
 | | mAP, the {len(r['new_tags'])} new tags | mAP, {r['seen_rehearsed']} seen tags |
 |---|---:|---:|
 | default model, new queries from MiniLM, no training (`export --vocab ... --text-encoder minilm`) | {r['map_new_before']:.1f} | {r['map_seen_before']:.1f} |
-| fine-tuned | {r['map_new_after']:.1f} | {r['map_seen_after']:.1f} |
+{extra}| fine-tuned | {r['map_new_after']:.1f} | {r['map_seen_after']:.1f} |
 
 Query norms after fine-tuning: new tags {r['query_norm_new']:.3f}, kept tags {r['query_norm_kept']:.3f}
-(the recorded scale is {r['recorded_scale']:g}). Before the fix the new queries had norm 1.0 and the issue
-measured mAP 29.0 on its new tags (with the scale and centre copied into the config by hand: 98.0).
-"""
+(the recorded scale is {r['recorded_scale']:g}).
+{how}"""
     with atomic_file(path, "w") as fh:
         fh.write(text)
 

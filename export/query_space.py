@@ -36,18 +36,19 @@ def query_space(info: CheckpointInfo) -> QuerySpace:
     recorded = source.get("label_queries")
     if isinstance(recorded, dict):
         center = recorded.get("center")
-        return QuerySpace(_kind(str(recorded.get("text_encoder", "clip"))), float(recorded.get("scale", 1.0)),
+        return QuerySpace(encoder_kind(str(recorded.get("text_encoder", "clip"))), float(recorded.get("scale", 1.0)),
                           None if center is None else np.asarray(center, np.float32))
     train = source.get("config") if source.get("kind") == "trained" else None
     if isinstance(train, dict):
         centred = bool(train.get("center_label_embed") or False)
         scale = train.get("label_embed_scale")
-        return QuerySpace(_kind(str(train.get("text_encoder", "clip"))), float(1.0 if scale is None else scale),
+        return QuerySpace(encoder_kind(str(train.get("text_encoder", "clip"))), float(1.0 if scale is None else scale),
                           recompute_center=centred)
     return QuerySpace("clip")
 
 
-def _kind(text_encoder: str) -> str:
+def encoder_kind(text_encoder: str) -> str:
+    """The family of a text_encoder setting: 'clip', 'minilm', or the setting itself ('learned')."""
     # "checkpoint" keeps the initial checkpoint's queries: official (CLIP) ones, for the fine-tuning ram-edge documents.
     if text_encoder == MINILM:
         return MINILM

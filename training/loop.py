@@ -21,8 +21,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ram_edge.errors import ConfigError
-from ram_edge.labels import DEFAULT_THRESHOLD
 from ram_edge.fileio import atomic_dir, atomic_file
+from ram_edge.labels import DEFAULT_THRESHOLD
 
 from .config import TrainConfig
 from .data import (
@@ -259,6 +259,12 @@ class Trainer:
     def save(self) -> Path | None:
         """Write the full training state atomically (rank 0); every rank waits for it."""
         path = None
+        # Every rank lists its own skipped images; the checkpoint records how many each had listed.
+        if self.dist.world > 1:
+            listed: list[int] = [0] * self.dist.world
+            dist.all_gather_object(listed, self.skipped_listed)
+        else:
+            listed = [self.skipped_listed]
         if self.dist.main:
             ckpt_root = self.out / "checkpoints"
             name = f"step-{self.step:08d}"
@@ -266,7 +272,7 @@ class Trainer:
             state = {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-                "skipped": self.skipped, "skipped_listed": self.skipped_listed, "rng": _rng_state(self.generator),
+                "skipped": self.skipped, "skipped_listed": listed, "rng": _rng_state(self.generator),
                 "config": self.cfg.to_dict(), "world": self.dist.world,
             }
             with atomic_dir(path, overwrite=True) as tmp:
@@ -294,7 +300,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
         self.skipped = state.get("skipped", 0)
-        self.skipped_listed = state.get("skipped_listed", 0)
+        self.skipped_listed = list(state.get("skipped_listed", [0] * self.dist.world))[self.dist.rank]
         self._truncate_skipped()
         _set_rng_state(state["rng"], self.generator)
 

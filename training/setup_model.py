@@ -86,10 +86,11 @@ class LabelQuerySpace:
     scale: float = 1.0
     centred: bool = False
     center: np.ndarray | None = None  # the mean removed before scaling; None with centred: the label set's own
+    recorded_encoder: str | None = None  # what to record when text_encoder is "checkpoint": the initial one's
 
     def to_record(self) -> dict:
         """The `source.label_queries` entry of a checkpoint's config.json."""
-        return {"text_encoder": self.text_encoder, "scale": self.scale,
+        return {"text_encoder": self.recorded_encoder or self.text_encoder, "scale": self.scale,
                 "center": None if self.center is None else [float(v) for v in np.asarray(self.center).ravel()]}
 
 
@@ -98,7 +99,7 @@ def resolve_query_space(cfg: TrainConfig, init_info=None) -> LabelQuerySpace:
     if init_info is None:
         return LabelQuerySpace(cfg.text_encoder, 1.0 if cfg.label_embed_scale is None else float(cfg.label_embed_scale),
                                bool(cfg.center_label_embed))
-    from ram_edge.export.query_space import MINILM, _kind, query_space
+    from ram_edge.export.query_space import MINILM, encoder_kind, query_space
 
     recorded = query_space(init_info)
     where = f"init_from {init_info.path}"
@@ -108,7 +109,7 @@ def resolve_query_space(cfg: TrainConfig, init_info=None) -> LabelQuerySpace:
         return LabelQuerySpace("learned", 1.0, False, None)
     if encoder == "checkpoint" and recorded.text_encoder == MINILM:
         encoder = MINILM  # the recorded encoder is in the package: new tags need nothing else
-    if encoder != "checkpoint" and _kind(encoder) != recorded.text_encoder:
+    if encoder != "checkpoint" and encoder_kind(encoder) != recorded.text_encoder:
         fix = "text_encoder: minilm" if recorded.text_encoder == MINILM else "text_encoder: 'clip:<local CLIP dir>'"
         raise ConfigError(
             f"text_encoder {encoder!r} contradicts {where}, whose label queries are {recorded.text_encoder!r} embeddings; "
@@ -130,7 +131,7 @@ def resolve_query_space(cfg: TrainConfig, init_info=None) -> LabelQuerySpace:
         # Checkpoints from before the centre was recorded: training removed the mean over their own tags.
         tags = list(init_info.labels.tags)
         center = text_embeddings(encoder, tags, init_info.config.family, init_info.config.des_per_class).mean(0)
-    return LabelQuerySpace(encoder, recorded.scale, centred, center)
+    return LabelQuerySpace(encoder, recorded.scale, centred, center, recorded.text_encoder if encoder == "checkpoint" else None)
 
 
 def build_training_model(cfg: TrainConfig) -> tuple[RAMForTraining, object]:
