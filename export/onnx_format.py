@@ -50,11 +50,16 @@ def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: 
     import onnxruntime as ort
 
     path = directory / "model.onnx"
-    write_onnx(graph, path, image_size)
+    if precision == "int8":
+        from .int8 import write_int8_onnx
+
+        write_int8_onnx(graph, path, image_size)
+    else:
+        write_onnx(graph, path, image_size)
     if precision == "fp16":
         to_fp16(path)
-    elif precision != "fp32":
-        raise ExportError(f"precision {precision!r} is not supported by the onnx exporter; use fp32 or fp16 (int8: ram-edge quantize)")
+    elif precision not in ("fp32", "int8"):
+        raise ExportError(f"precision {precision!r} is not supported by the onnx exporter; use fp32, fp16 or int8")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -18,11 +18,17 @@ def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: 
     """Write model.xml + model.bin into `directory` and validate them on the CPU."""
     import openvino as ov
 
-    if precision not in ("fp32", "fp16"):
-        raise ExportError(f"precision {precision!r} is not supported by the openvino exporter; use fp32 or fp16 (int8: ram-edge quantize)")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ExportError(f"precision {precision!r} is not supported by the openvino exporter; use fp32, fp16 or int8")
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        write_onnx(graph, onnx_path, image_size)
+        if precision == "int8":
+            from .int8 import write_int8_onnx
+
+            # OpenVINO reads the Q/DQ pairs as FakeQuantize and runs int8 kernels where the CPU has them.
+            write_int8_onnx(graph, onnx_path, image_size)
+        else:
+            write_onnx(graph, onnx_path, image_size)
         model = ov.convert_model(str(onnx_path))
     # save_model compresses to fp16 by default: only do so when asked.
     ov.save_model(model, str(directory / "model.xml"), compress_to_fp16=precision == "fp16")

