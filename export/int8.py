@@ -18,9 +18,9 @@ import torch
 
 def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int) -> int:
     """Export an NNCF-quantized graph to a Q/DQ ONNX file with folded int8 weights; returns the weights folded."""
-    import nncf
+    from ram_edge.quantize.quantizer import nncf_output_to_stderr  # first: it sets NNCF's kernel-build timeout
 
-    from ram_edge.quantize.quantizer import nncf_output_to_stderr
+    import nncf
 
     from .onnx_format import write_onnx
 

@@ -20,6 +20,7 @@ import contextlib
 import importlib.metadata
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -57,6 +58,16 @@ def nncf_output_to_stderr():
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
+    except Exception as exc:
+        if type(exc).__name__ != "ExtensionLoaderTimeoutException":
+            raise
+        # Seen here: a first build killed midway leaves torch's lock file, and every later load waits on it.
+        cache = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+        raise QuantizeError(
+            f"NNCF could not build or load its C++ kernels within {os.environ.get('NNCF_EXTENSION_LOAD_TIMEOUT')} s; "
+            f"a build interrupted earlier leaves a lock file behind: delete {cache}/*/nncf and run again "
+            f"(a first build takes about a minute; NNCF_EXTENSION_LOAD_TIMEOUT sets the limit in seconds)"
+        ) from None
     finally:
         for handler in handlers:
             handler.setStream(sys.stdout)
