@@ -17,7 +17,6 @@ model.safetensors it came from, so that tools reading float weights still work) 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ import torch
 
 from ram_edge.checkpoint_dir import CONFIG_FILE, WEIGHTS_FILE, CheckpointInfo, is_quantized, write_checkpoint_config
 from ram_edge.errors import CheckpointError, QuantizeError
+from ram_edge.export.writer import _versions
 from ram_edge.fileio import atomic_dir
 
 from .calibration import CalibrationData
@@ -38,13 +38,6 @@ from .config import QuantizeConfig
 
 QUANTIZED_FILE = "quantized.safetensors"
 NNCF_CONFIG_FILE = "nncf_config.json"
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 @contextlib.contextmanager
@@ -116,7 +109,7 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, cfg: Quantiz
         "calibration": calib.summary() if calib is not None else None,
         "graph": "tagging graph (image -> probabilities, label queries precomputed)",
         "from": {"checkpoint": str(Path(model_dir)), "kind": (info.source or {}).get("kind")},
-        "tools": {"nncf": _version("nncf"), "torch": _version("torch")},
+        "tools": _versions(["nncf", "torch"]),
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         shutil.copyfile(info.weights_path, tmp / WEIGHTS_FILE)

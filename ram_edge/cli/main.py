@@ -6,6 +6,7 @@ see the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -31,6 +32,18 @@ COMMANDS = {
 }
 
 
+@contextlib.contextmanager
+def _optional_packages(command):
+    """Turn an ImportError of an optional package into the one-line error naming its extra (others pass through)."""
+    try:
+        yield
+    except ImportError as exc:
+        message = missing_package_message(exc, command() if callable(command) else command)
+        if message is None:
+            raise
+        raise MissingDependencyError(message) from exc
+
+
 class LazyGroup(click.Group):
     """Imports a command's module only when that command runs (or help lists it)."""
 
@@ -41,24 +54,14 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name].split(":")
-        try:
+        with _optional_packages(name):
             return getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            message = missing_package_message(exc, name)
-            if message is None:
-                raise
-            raise MissingDependencyError(message) from exc
 
     def invoke(self, ctx: click.Context):
         try:
-            try:
+            # Commands import their heavy packages lazily: a missing one surfaces here, mid-command.
+            with _optional_packages(lambda: ctx.invoked_subcommand):
                 return super().invoke(ctx)
-            except ImportError as exc:
-                # Commands import their heavy packages lazily: a missing one surfaces here, mid-command.
-                message = missing_package_message(exc, ctx.invoked_subcommand)
-                if message is None:
-                    raise
-                raise MissingDependencyError(message) from exc
         except RamEdgeError as exc:
             if os.environ.get("RAM_EDGE_DEBUG"):
                 raise

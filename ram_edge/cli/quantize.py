@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import click
@@ -32,7 +33,7 @@ def quantize(model, output, method, calib, calib_size, config_path, overwrite, a
 
     cfg = QuantizeConfig.from_file(config_path) if config_path else QuantizeConfig()
     overrides = {"method": method, "calib_size": calib_size}
-    cfg = QuantizeConfig.from_dict({**cfg.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # validated again
     info = read_checkpoint_dir(model)  # a bad MODEL fails before the calibration images are read
     data = None
     if cfg.method == "ptq":
