@@ -35,7 +35,7 @@ from ram_edge.errors import RamEdgeError
 _MIB = float(1 << 20)
 
 # Distribution whose version describes each built-in backend; plugins fall back to their module's top package.
-_RUNTIME_PACKAGES = {"torch": "torch", "ort": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}
+_RUNTIME_PACKAGES = {"torch": "torch", "ort": "onnxruntime", "openvino": "openvino"}
 
 
 @dataclass

@@ -20,7 +20,7 @@ IMPORT_TO_DIST = {
     "cuda": "cuda-python",
 }
 
-# The extra that makes each command work as documented; a runtime-specific need (ort, openvino, trt)
+# The extra that makes each command work as documented; a runtime-specific need (ort, openvino)
 # is reported by the runtime registry itself.
 COMMAND_EXTRAS = {
     "convert": "torch",
@@ -40,7 +40,6 @@ COMMAND_EXTRAS = {
 FALLBACK_EXTRAS: dict[str, tuple[str, ...]] = {
     "ort": ("onnxruntime",),
     "openvino": ("openvino",),
-    "trt": ("tensorrt", "pycuda"),
     "torch": ("torch", "safetensors"),
     "export": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers"),
     "train": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers",

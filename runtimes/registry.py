@@ -14,21 +14,20 @@ from .base import Runtime
 
 # name -> "module:Class"; order is the `auto` preference among those that support a format.
 # An ONNX bundle goes to onnxruntime first (its native runtime); OpenVINO IR only to OpenVINO.
+# TensorRT registers here (first) once its runtime exists (issue 13); until then nothing claims "trt" bundles.
 _REGISTRY: dict[str, str] = {
-    "trt": "ram_edge.runtimes.tensorrt_runtime:TensorRTRuntime",
     "ort": "ram_edge.runtimes.ort_runtime:OrtRuntime",
     "openvino": "ram_edge.runtimes.openvino_runtime:OpenVINORuntime",
     "torch": "ram_edge.runtimes.torch_runtime:TorchRuntime",
 }
 # Which formats each backend accepts, known without importing it.
 _FORMATS: dict[str, tuple[str, ...]] = {
-    "trt": ("trt",),
     "openvino": ("openvino", "onnx"),
     "ort": ("onnx",),
     "torch": ("checkpoint",),
 }
 # Extra that installs each backend, for error messages.
-_EXTRAS = {"trt": "trt", "openvino": "openvino", "ort": "ort", "torch": "torch"}
+_EXTRAS = {"openvino": "openvino", "ort": "ort", "torch": "torch"}
 
 
 def register(name: str, target: str, formats: tuple[str, ...], extra: str | None = None) -> None:
@@ -78,7 +77,12 @@ def resolve_runtime(name: str, artifact_format: str) -> type[Runtime]:
         for candidate in candidates:
             if _installed(candidate):
                 return get_runtime_class(candidate)
-        hint = " or ".join(f"pip install 'ram-edge[{_EXTRAS[c]}]'" for c in candidates) or "a matching backend"
+        if not candidates:
+            raise RuntimeUnavailableError(
+                f"no runtime of this ram-edge runs {artifact_format!r} models (runtimes: {', '.join(_REGISTRY)}); "
+                f"export the model as onnx or openvino with `ram-edge export`"
+            )
+        hint = " or ".join(f"pip install 'ram-edge[{_EXTRAS[c]}]'" for c in candidates)
         raise RuntimeUnavailableError(
             f"no installed runtime can run a {artifact_format!r} model; install one with: {hint}"
         )

@@ -95,7 +95,7 @@ def test_unknown_runtime_lists_valid_ones(converted_golden):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "tflite" in lines[0]
-    for name in ("auto", "torch", "ort", "openvino", "trt"):
+    for name in ("auto", "torch", "ort", "openvino"):
         assert name in lines[0]
     assert result.stdout == ""
 

@@ -21,7 +21,7 @@ def _human(result, chinese: bool) -> str:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model", default=None, envvar="RAM_EDGE_MODEL", type=click.Path(),
               help="Checkpoint directory or bundle [env RAM_EDGE_MODEL; default: the shipped emoji-scene model].")
-@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
+@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino.")
 @click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
 @compute_precision_option
