@@ -47,11 +47,16 @@ class TaggingGraph(nn.Module):
             return self.queries.shape[1]
         return self.label_embed.shape[0] // self.model.config.des_per_class
 
+    # Quantization-aware training sets this to get the logits before the final sigmoid (stable losses);
+    # export and inference never do.
+    emit_logits = False
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities for a batch of preprocessed images."""
+        """Probabilities (logits while `emit_logits` is set) for a batch of preprocessed images."""
         embeds = self.model.forward_features(images)
         if self.family == "ram":
             queries = self.queries
         else:
             queries = F.relu(self.model.wordvec_proj(self.model.label_mixture(embeds, self.label_embed)))
-        return torch.sigmoid(self.model.forward_head(embeds, queries))
+        logits = self.model.forward_head(embeds, queries)
+        return logits if self.emit_logits else torch.sigmoid(logits)

@@ -45,26 +45,41 @@ def to_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: int, device: str | None = None) -> FormatResult:
-    """Write model.onnx into `directory` and validate it with onnxruntime on the CPU."""
-    import onnxruntime as ort
+PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
 
-    path = directory / "model.onnx"
+
+def write_model_onnx(graph: torch.nn.Module, path: Path, precision: str, image_size: int) -> None:
+    """The ONNX file of a bundle in `precision`: fp32, fp16, int8 (Q/DQ from an NNCF-quantized graph) or
+    int8-weights (a float graph whose weights are stored in 8 bit, computed in float)."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not supported by the onnx exporter; use fp32, fp16 or int8")
     if precision == "int8":
         from .int8 import write_int8_onnx
 
         write_int8_onnx(graph, path, image_size)
-    else:
-        write_onnx(graph, path, image_size)
+        return
+    write_onnx(graph, path, image_size)
     if precision == "fp16":
         to_fp16(path)
-    elif precision not in ("fp32", "int8"):
-        raise ExportError(f"precision {precision!r} is not supported by the onnx exporter; use fp32, fp16 or int8")
+    elif precision == "int8-weights":
+        from .int8 import compress_weights_onnx
+
+        compress_weights_onnx(path)
+
+
+def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: int, device: str | None = None,
+           reference: torch.nn.Module | None = None) -> FormatResult:
+    """Write model.onnx into `directory` and validate it with onnxruntime on the CPU against `reference` (default: graph)."""
+    import onnxruntime as ort
+
+    path = directory / "model.onnx"
+    write_model_onnx(graph, path, precision, image_size)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     # onnxruntime computes the graph in its own types: what it validates is what users run.
-    report = validate_outputs(graph, lambda x: session.run([OUTPUT], {INPUT: x})[0], image_size, precision, OUTPUT,
-                              runtime="onnxruntime CPU", compute_precision=precision)
+    report = validate_outputs(reference if reference is not None else graph, lambda x: session.run([OUTPUT], {INPUT: x})[0],
+                              image_size, precision, OUTPUT, runtime="onnxruntime CPU",
+                              compute_precision="fp32" if precision == "int8-weights" else precision)
     return FormatResult(files={"model": path.name}, input_name=INPUT, output_name=OUTPUT, validation=report,
                         queries="folded into the graph as constants")

@@ -13,7 +13,9 @@ from ram_edge.errors import ExportError
 # Max abs difference on probabilities accepted per precision (measured; see README "Export").
 # int8: against the quantized torch graph (NNCF's simulated quantization); int8 kernels round activations
 # at each quantizer and can land one step away (measured on a micro model and the default model, see README).
-TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.15}
+# int8-weights: against the torch model with NNCF's 8-bit weights; onnxruntime may run the matmuls of 8-bit
+# weights with dynamically quantized activations (1.7e-3 on a micro model), OpenVINO matches to 1e-5.
+TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 0.15, "int8-weights": 2e-2}
 
 
 @dataclass

@@ -20,7 +20,7 @@ from ram_edge.labels import LabelSet
 
 from .validate import ValidationReport
 
-# format -> "module:function(graph, directory, precision, image_size, device) -> FormatResult"
+# format -> "module:function(graph, directory, precision, image_size, device, reference=None) -> FormatResult"
 EXPORTERS: dict[str, str] = {
     "onnx": "ram_edge.export.onnx_format:export",
     "openvino": "ram_edge.export.openvino_format:export",
@@ -113,9 +113,6 @@ def export_bundle(
             f"{', a tag subset' if tags else ''}{', a vocabulary' if vocab is not None else ''}); for other bundles export "
             f"the float checkpoint it came from ({info.source['quantization']['from']['checkpoint']})"
         )
-    if quantized and info.source["quantization"]["method"] != "ptq":
-        raise ExportError(f"{model_dir} has 8-bit weights only (method {info.source['quantization']['method']!r}); bundles of "
-                          f"it are not written yet: quantize with --method ptq for an INT8 bundle")
     if precision == "int8" and not quantized:
         raise ExportError(f"--precision int8 needs a quantized checkpoint: run `ram-edge quantize {model_dir} -o QUANTIZED "
                           f"--calib YOUR_PHOTOS/` and export QUANTIZED")
@@ -129,14 +126,21 @@ def export_bundle(
         )
     graph = TaggingGraph(model, embed).eval()
     int8_extra = None
+    reference = None
+    graph_precision = precision
     if quantized:
         from ram_edge.quantize.quantizer import load_quantized
 
-        float_graph, (graph, _) = graph, load_quantized(model_dir)
-        int8_extra = {**info.source["quantization"], "vs_float": _agreement(float_graph, graph, labels, config)}
+        float_graph, (quantized_graph, _) = graph, load_quantized(model_dir)
+        int8_extra = {**info.source["quantization"], "vs_float": _agreement(float_graph, quantized_graph, labels, config)}
+        if info.source["quantization"]["method"] == "weights":
+            # 8-bit weights are written from the float graph (data-free, the same scheme) and checked against NNCF's.
+            graph_precision, reference = "int8-weights", quantized_graph
+        else:
+            graph = quantized_graph
     size = config.preprocess.image_size
     with atomic_dir(out_dir, overwrite=overwrite) as tmp, torch.no_grad():
-        result = exporter(graph, tmp, precision, size, device)
+        result = exporter(graph, tmp, graph_precision, size, device, reference=reference)
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_VERSION,

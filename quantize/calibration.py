@@ -34,6 +34,25 @@ class CalibrationData:
         return {"source": self.source, "kind": self.kind, "images": int(len(self.images)), "unreadable": self.unreadable}
 
 
+def detect_kind(data: Path) -> str:
+    """Which dataset format `data` is: "folder" (images), "jsonl", "official" (annotation JSON) or "wds" (tar shards)."""
+    if data.is_dir():
+        if (data / "annotations.jsonl").is_file():
+            return "jsonl"
+        if any(data.glob("*.tar")) and not iter_image_files([data]):
+            return "wds"
+        return "folder"
+    if data.is_file():
+        kinds = {".jsonl": "jsonl", ".json": "official", ".tar": "wds"}
+        if data.suffix.lower() in kinds:
+            return kinds[data.suffix.lower()]
+        raise QuantizeError(
+            f"calibration data {data} is a {data.suffix or 'extension-less'} file; give a folder of images, a JSONL "
+            f"(annotations.jsonl), an official annotation .json or WebDataset .tar shards"
+        )
+    raise QuantizeError(f"calibration data {data} does not exist; give a folder of images or a dataset")
+
+
 def _loaders(data: Path) -> tuple[str, list[tuple[str, Callable]] | Iterator[tuple[str, Callable]]]:
     """(kind, (name, load) pairs) for a folder of images, a JSONL / official JSON file or WebDataset shards."""
     from ram_edge.training.data import JsonlSource, OfficialJsonSource, expand_shards, iter_tar_samples, wds_example
@@ -47,25 +66,14 @@ def _loaders(data: Path) -> tuple[str, list[tuple[str, Callable]] | Iterator[tup
                 example = wds_example(key, members)
                 yield example.key, example.load
 
-    if data.is_dir():
-        if (data / "annotations.jsonl").is_file():
-            return "jsonl", from_source(JsonlSource(data))
-        if any(data.glob("*.tar")) and not iter_image_files([data]):
-            return "wds", from_shards([data])
-        return "folder", [(str(p), (lambda p=p: load_image(p))) for p in iter_image_files([data])]
-    if data.is_file():
-        suffix = data.suffix.lower()
-        if suffix == ".jsonl":
-            return "jsonl", from_source(JsonlSource(data))
-        if suffix == ".json":
-            return "official", from_source(OfficialJsonSource(data))
-        if suffix == ".tar":
-            return "wds", from_shards([data])
-        raise QuantizeError(
-            f"calibration data {data} is a {suffix or 'extension-less'} file; give a folder of images, a JSONL "
-            f"(annotations.jsonl), an official annotation .json or WebDataset .tar shards"
-        )
-    raise QuantizeError(f"calibration data {data} does not exist; give a folder of images or a dataset")
+    kind = detect_kind(data)
+    if kind == "jsonl":
+        return kind, from_source(JsonlSource(data))
+    if kind == "official":
+        return kind, from_source(OfficialJsonSource(data))
+    if kind == "wds":
+        return kind, from_shards([data])
+    return kind, [(str(p), (lambda p=p: load_image(p))) for p in iter_image_files([data])]
 
 
 def load_calibration(data: str | Path, preprocess_cfg: PreprocessConfig, count: int, *, seed: int = 0,

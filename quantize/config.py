@@ -9,14 +9,50 @@ from typing import Any
 
 from ram_edge.errors import ConfigError, QuantizeError
 
-METHODS = ("ptq", "weights")
+METHODS = ("ptq", "qat", "weights")
+
+
+@dataclass
+class QATConfig:
+    """Quantization-aware fine-tuning: the PTQ model trained through the training loop (training/loop.py)."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-5  # small: the PTQ model is already close; NNCF's own QAT examples use 1e-5
+    warmup_steps: int = 20
+    # Quantizer scales are parameters too: no weight decay, which would shrink them.
+    weight_decay: float = 0.0
+    clip_grad: float | None = 1.0
+    # Loss: distillation from the float model's own probabilities (binary KL per tag, summed over tags, mean over
+    # images) needs no labels; tagging_weight > 0 adds the asymmetric tagging loss where the data has tags.
+    distillation_weight: float = 1.0
+    tagging_weight: float = 0.0
+    tags_from: str = "given"  # where tagging targets come from: "given" tags or "parse" the captions
+    crop_scale: tuple[float, float] = (0.7, 1.0)  # mild augmentation: a few hundred photos are seen many times
+    hflip: bool = True
+    checkpoint_every: int = 100
+    log_every: int = 10
+    num_workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise QuantizeError(f"qat.{name} must be a positive integer, got {value!r}")
+        if self.distillation_weight <= 0 and self.tagging_weight <= 0:
+            raise QuantizeError("qat: distillation_weight and tagging_weight are both 0; nothing would train the model")
+        if self.tags_from not in ("given", "parse"):
+            raise QuantizeError(f"qat.tags_from {self.tags_from!r} is unknown; valid: given, parse")
 
 
 @dataclass
 class QuantizeConfig:
     """Method, calibration size and the parts of the graph kept in float."""
 
-    # "ptq": nncf.quantize (int8 weights and activations, transformer preset); "weights": 8-bit weights, float compute.
+    # "ptq": nncf.quantize (int8 weights and activations, transformer preset); "qat": PTQ, then quantization-aware
+    # fine-tuning (section `qat`); "weights": 8-bit weights, float compute.
     method: str = "ptq"
     calib_size: int = 300  # calibration images (PTQ statistics); a few hundred of the user's own photos suffice
     # NNCF IgnoredScope, as data: node-name regexes and operation types left in float.
@@ -25,8 +61,13 @@ class QuantizeConfig:
     fast_bias_correction: bool = True
     weights_mode: str = "int8_asym"  # for method "weights": nncf.CompressWeightsMode value
     seed: int = 0
+    qat: QATConfig = field(default_factory=QATConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.qat, dict):
+            from ram_edge.config import _from_dict
+
+            self.qat = _from_dict(QATConfig, self.qat, "quantization config qat")
         if self.method not in METHODS:
             raise QuantizeError(f"quantization method {self.method!r} is unknown; valid: {', '.join(METHODS)}")
         if not isinstance(self.calib_size, int) or self.calib_size < 1:

@@ -93,8 +93,6 @@ def _compress_weights(graph: torch.nn.Module, cfg: QuantizeConfig, image_size: i
 def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, cfg: QuantizeConfig, calib: CalibrationData | None,
                         *, overwrite: bool = False) -> dict[str, Any]:
     """Quantize the checkpoint at `model_dir` into a quantized checkpoint directory; returns what config.json records."""
-    from safetensors.torch import save_file
-
     from ram_edge.models.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(model_dir)
@@ -103,14 +101,39 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, cfg: Quantiz
                             f"quantize the float checkpoint it came from")
     with nncf_output_to_stderr():
         state, nncf_config = _quantize(tagging_graph(model), cfg, calib, info.config.preprocess.image_size)
-    record = {
+    record = quantization_record(model_dir, info, cfg, calib.summary() if calib is not None else None)
+    write_quantized(out_dir, info, record, state, nncf_config, overwrite=overwrite)
+    return record
+
+
+def quantization_record(model_dir: str | Path, info: CheckpointInfo, cfg: QuantizeConfig, calibration: dict | None,
+                        **extra: Any) -> dict[str, Any]:
+    """What a quantized checkpoint's config.json records under `source.quantization`."""
+    return {
         "method": cfg.method,
         "config": cfg.to_dict(),
-        "calibration": calib.summary() if calib is not None else None,
+        "calibration": calibration,
         "graph": "tagging graph (image -> probabilities, label queries precomputed)",
         "from": {"checkpoint": str(Path(model_dir)), "kind": (info.source or {}).get("kind")},
         "tools": _versions(["nncf", "torch"]),
+        **extra,
     }
+
+
+def graph_state(quantized: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, NNCF config) of a quantized graph, ready to save."""
+    import nncf.torch
+
+    # safetensors refuses shared storage (tied weights); load_state_dict restores the ties.
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in quantized.state_dict().items()}
+    return state, nncf.torch.get_config(quantized)
+
+
+def write_quantized(out_dir: str | Path, info: CheckpointInfo, record: dict[str, Any], state: dict | None,
+                    nncf_config: dict | None, *, overwrite: bool = False) -> Path:
+    """Write a quantized checkpoint directory atomically: float weights, labels, config.json, NNCF state."""
+    from safetensors.torch import save_file
+
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         shutil.copyfile(info.weights_path, tmp / WEIGHTS_FILE)
         info.labels.save_dir(tmp)
@@ -118,7 +141,7 @@ def quantize_checkpoint(model_dir: str | Path, out_dir: str | Path, cfg: Quantiz
         if state is not None:
             save_file(state, str(tmp / QUANTIZED_FILE), metadata={"format": "pt"})
             (tmp / NNCF_CONFIG_FILE).write_text(json.dumps(nncf_config), encoding="utf-8")
-    return record
+    return Path(out_dir)
 
 
 def _quantize(graph: torch.nn.Module, cfg: QuantizeConfig, calib: CalibrationData | None, image_size: int):
@@ -127,7 +150,7 @@ def _quantize(graph: torch.nn.Module, cfg: QuantizeConfig, calib: CalibrationDat
 
     state: dict[str, torch.Tensor] | None = None
     nncf_config: dict[str, Any] | None = None
-    if cfg.method == "ptq":
+    if cfg.method in ("ptq", "qat"):  # qat starts from PTQ (quantize/qat.py)
         if calib is None:
             raise QuantizeError("post-training quantization needs calibration images: pass --calib DATA")
         dataset = nncf.Dataset([torch.from_numpy(image[None]) for image in calib.images])
@@ -135,9 +158,7 @@ def _quantize(graph: torch.nn.Module, cfg: QuantizeConfig, calib: CalibrationDat
             graph, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib.images),
             fast_bias_correction=cfg.fast_bias_correction, ignored_scope=_ignored_scope(cfg),
         )
-        nncf_config = nncf.torch.get_config(quantized)
-        # safetensors refuses shared storage (tied weights); load_state_dict restores the ties.
-        state = {k: v.detach().clone().contiguous() for k, v in quantized.state_dict().items()}
+        state, nncf_config = graph_state(quantized)
     else:
         _compress_weights(graph, cfg, image_size)  # fails here, not on load, if NNCF cannot compress this model
     return state, nncf_config

@@ -46,14 +46,19 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
         raise
 
 
+def refuse_existing(path: str | Path, overwrite: bool = False) -> None:
+    """Fail early, before long work, when an output exists and may not be replaced."""
+    if Path(path).exists() and not overwrite:
+        from .errors import RamEdgeError
+
+        raise RamEdgeError(f"output {path} already exists; choose another path or pass --overwrite")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; move it onto `path` only if the block succeeds."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        from .errors import RamEdgeError
-
-        raise RamEdgeError(f"output {path} already exists; choose another path or pass --overwrite")
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

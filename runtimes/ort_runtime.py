@@ -50,7 +50,8 @@ class OrtRuntime(Runtime):
         self.bundle = read_bundle(path)
         # onnxruntime computes in the graph's own types (an fp16 graph in fp16 where the provider has
         # fp16 kernels, casting around the others); it has no switch to choose another.
-        graph_precision = self.bundle.precision
+        # An int8 bundle with 8-bit weights only computes in float: the manifest records what export validated in.
+        graph_precision = self.bundle.manifest.get("compute_precision") or self.bundle.precision
         asked = normalize_compute_precision(compute_precision)
         if asked is not None and asked != graph_precision:
             raise RuntimeUnavailableError(

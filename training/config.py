@@ -15,7 +15,8 @@ class DataConfig:
     """Where training images and captions come from."""
 
     # "jsonl": folder + annotations.jsonl; "official": official annotation JSON + image root;
-    # "wds": WebDataset tar shards; "scenes": emoji scenes rendered on the fly.
+    # "wds": WebDataset tar shards; "scenes": emoji scenes rendered on the fly; "folder": images only
+    # (no captions or tags: for distillation, e.g. quantization-aware fine-tuning).
     kind: str = "jsonl"
     path: str | list[str] = ""
     image_root: str | None = None

@@ -142,6 +142,30 @@ class ConcatSource:
         return self.sources[which].example(index - self.starts[which])
 
 
+class FolderSource:
+    """A folder of images (searched recursively, as `ram-edge tag` does) without captions or tags: enough for
+    distillation from a teacher, e.g. quantization-aware fine-tuning on one's own photos."""
+
+    def __init__(self, path: str | Path, image_root: str | Path | None = None) -> None:
+        from ram_edge.preprocess import iter_image_files
+
+        root = Path(path)
+        if not root.is_dir():
+            raise ConfigError(f"{root}: not a folder of images")
+        self.files = sorted(iter_image_files([root]))
+        if not self.files:
+            raise ConfigError(f"{root}: no images (.jpg, .png, ...) in this folder or below")
+        self.root = root
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def example(self, index: int) -> Example:
+        """The image at `index` (sorted path order)."""
+        path = self.files[index]
+        return Example(str(path.relative_to(self.root)), lambda: load_image(path))
+
+
 def _paths(cfg: DataConfig) -> list[str]:
     paths = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path or [])
     if not paths or not all(isinstance(p, str) and p for p in paths):
@@ -151,13 +175,13 @@ def _paths(cfg: DataConfig) -> list[str]:
 
 def open_source(cfg: DataConfig):
     """The map-style source for a data config (WebDataset shards are streamed separately)."""
-    readers = {"jsonl": JsonlSource, "official": OfficialJsonSource}
+    readers = {"jsonl": JsonlSource, "official": OfficialJsonSource, "folder": FolderSource}
     if cfg.kind in readers:
         sources = [readers[cfg.kind](path, cfg.image_root) for path in _paths(cfg)]
         return sources[0] if len(sources) == 1 else ConcatSource(sources)
     if cfg.kind == "scenes":
         return SceneSource(cfg.scenes, cfg.samples_per_epoch or 10000)
-    raise ConfigError(f"data kind {cfg.kind!r} has no map-style source; valid: jsonl, official, scenes, wds")
+    raise ConfigError(f"data kind {cfg.kind!r} has no map-style source; valid: jsonl, official, folder, scenes, wds")
 
 
 # ---------------------------------------------------------------- WebDataset shards (streamed)
@@ -311,6 +335,8 @@ class TargetBuilder:
                 return [int(i) for i in example.tag_ids if 0 <= int(i) < self.num_classes]
             if example.tags is not None:
                 return sorted({self.index[t.strip().lower()] for t in example.tags if t.strip().lower() in self.index})
+        if self.parser is None:  # tags_from "given" and this example gives none
+            return []
         ids: set[int] = set()
         for caption in example.captions:
             ids.update(self.parser.parse(caption))

@@ -130,12 +130,15 @@ class Trainer:
         self.dist = Distributed(cfg.device)
         self.out = Path(cfg.output_dir)
         self.progress = progress and self.dist.main
+        self._bar = None
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        self.model, self.labels = build_training_model(cfg)
+        self.model, self.labels = self._build_model()
         self.model.to(self.dist.device)
         self._build_teachers()
+        # Where finish() writes the inference checkpoint directory.
+        self.final_dir = self.out / "model"
         self.engine: torch.nn.Module = TrainForward(self.model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -155,6 +158,10 @@ class Trainer:
         self._skipped_keys: set[str] = set()  # each unreadable image is listed once, not once per epoch
         self._bar = None
         self._build_data()
+
+    def _build_model(self) -> tuple[torch.nn.Module, Any]:
+        """(model with `forward_train`, `predict` and `config`, label system); quantization-aware training overrides it."""
+        return build_training_model(self.cfg)
 
     # ------------------------------------------------------------ frozen teachers
     def _build_teachers(self) -> None:
@@ -415,10 +422,10 @@ class Trainer:
         if self.skipped:
             self.say(f"{self.skipped} unreadable image(s) were skipped; listed in {self.skipped_file}")
         if self.step >= cfg.total_steps:
-            self.say(f"finished at step {self.step}: model written to {self.out / 'model'}")
+            self.say(f"finished at step {self.step}: model written to {self.final_dir}")
             untuned = self._default_thresholds()
             if untuned:
-                model = self.out / "model"
+                model = self.final_dir
                 self.say(f"{untuned} of {len(self.labels.tags)} tags have the default threshold {DEFAULT_THRESHOLD:g}; tune them on "
                          f"held-out data: ram-edge eval {model} DATA --tune-thresholds {model / 'thresholds.txt'}")
         else:
@@ -472,7 +479,7 @@ class Trainer:
             gathered = [digest]
         if self.dist.main:
             (self.out / "rank_checksums.json").write_text(json.dumps(gathered))
-            self.export_checkpoint(self.out / "model")
+            self.export_checkpoint(self.final_dir)
             self.log({"event": "finished", "step": self.step, "ranks_identical": len(set(gathered)) == 1, "skipped": self.skipped})
         self.dist.barrier()
 

@@ -26,7 +26,11 @@ def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle directory to create.")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Stored precision [fp32; int8 for a quantized checkpoint (`ram-edge quantize`), the only one it exports].")
+              help="Stored precision [fp32; int8 for a quantized checkpoint (`ram-edge quantize`), the only one it exports]. "
+                   "int8 for a float checkpoint needs --calib: post-training quantization on the way.")
+@click.option("--calib", type=click.Path(), default=None,
+              help="With --precision int8 on a float checkpoint: calibration images (a folder of photos or a dataset).")
+@click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True, help="Calibration images to use with --calib.")
 @click.option("--tags", default=None, help="Comma-separated tag names: export only these queries.")
 @click.option("--tags-file", type=click.Path(dir_okay=False), default=None, help="File with one tag name per line: export only these.")
 @click.option("--vocab", type=click.Path(dir_okay=False), default=None, help="Open-set vocabulary: one tag per line, or RAM++ JSON tag -> descriptions.")
@@ -35,11 +39,20 @@ def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None
 @click.option("--vocab-threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Threshold for --vocab tags [official open-set default].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export(model, output, fmt, precision, tags, tags_file, vocab, text_encoder, vocab_threshold, overwrite, as_json) -> None:
+def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vocab, text_encoder, vocab_threshold, overwrite,
+           as_json) -> None:
     """Export MODEL (a checkpoint directory) to a bundle with precomputed label queries."""
     from ..export.writer import export_bundle
 
     names = _read_tag_names(tags, tags_file)
+    if calib is not None:
+        if precision != "int8":
+            raise click.UsageError("--calib is for --precision int8 (post-training quantization on the way)")
+        if names or vocab:
+            raise click.UsageError("--calib quantizes the whole model: it cannot be combined with --tags, --tags-file or --vocab")
+        manifest = _export_int8_via_ptq(model, output, fmt, calib, calib_size, overwrite)
+        _report(manifest, output, fmt, as_json)
+        return
     vocab_data = None
     if vocab or text_encoder:
         if not (vocab and text_encoder):
@@ -48,6 +61,36 @@ def export(model, output, fmt, precision, tags, tags_file, vocab, text_encoder, 
             raise click.UsageError("--vocab replaces the label set; it cannot be combined with --tags/--tags-file")
         vocab_data = _vocab_embeddings(model, vocab, text_encoder, vocab_threshold)
     manifest = export_bundle(model, output, fmt=fmt, precision=precision, tags=names, vocab=vocab_data, overwrite=overwrite)
+    _report(manifest, output, fmt, as_json)
+
+
+def _export_int8_via_ptq(model: str, output: str, fmt: str, calib: str, calib_size: int, overwrite: bool) -> dict:
+    """PTQ of a float checkpoint into a temporary quantized checkpoint, then its INT8 bundle."""
+    import tempfile
+    from pathlib import Path
+
+    from ..checkpoint_dir import is_quantized, read_checkpoint_dir
+    from ..export.writer import export_bundle
+    from ..fileio import refuse_existing
+    from ..quantize.calibration import load_calibration
+    from ..quantize.config import QuantizeConfig
+    from ..quantize.quantizer import quantize_checkpoint
+
+    info = read_checkpoint_dir(model)
+    if is_quantized(info):
+        raise RamEdgeError(f"{model} is already quantized; export it without --calib")
+    refuse_existing(output, overwrite)  # before minutes of calibration
+    data = load_calibration(calib, info.config.preprocess, calib_size)
+    if data.unreadable:
+        click.echo(f"warning: {data.unreadable} calibration image(s) could not be read and were skipped "
+                   f"(first: {data.examples_unreadable[0]})", err=True)
+    with tempfile.TemporaryDirectory(prefix="ram-edge-ptq-") as tmp:
+        quantized = Path(tmp) / f"{Path(model).name}-ptq"
+        quantize_checkpoint(model, quantized, QuantizeConfig(method="ptq", calib_size=calib_size), data)
+        return export_bundle(quantized, output, fmt=fmt, precision="int8", overwrite=overwrite)
+
+
+def _report(manifest: dict, output: str, fmt: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(manifest, ensure_ascii=False))
         return

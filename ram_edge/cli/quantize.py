@@ -11,41 +11,89 @@ import click
 @click.command()
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Quantized checkpoint directory to create.")
-@click.option("--method", type=click.Choice(["ptq", "weights"]), default=None,
+@click.option("--method", type=click.Choice(["ptq", "qat", "weights"]), default=None,
               help="ptq: int8 weights and activations (NNCF post-training quantization, transformer preset); "
+                   "qat: ptq, then quantization-aware fine-tuning on --calib (distillation from MODEL, no labels needed); "
                    "weights: 8-bit weights, float compute (no calibration).  [default: ptq, or the config's]")
 @click.option("--calib", "calib", type=click.Path(), default=None,
-              help="Calibration images: a folder of photos (searched recursively), a JSONL / official JSON dataset or WebDataset shards.")
+              help="Calibration (and QAT training) images: a folder of photos (searched recursively), a JSONL / official "
+                   "JSON dataset or WebDataset shards.")
 @click.option("--calib-size", type=click.IntRange(min=1), default=None, help="Calibration images to use [config: 300].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="QAT optimizer steps [config qat.steps: 300].")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="QAT: where the PTQ starting point, checkpoints and log go; an interrupted run resumes from it  [default: OUTPUT.qat-run].")
+@click.option("--stop-at", type=click.IntRange(min=1), default=None, help="QAT: stop at this step (same schedule); run again to go on.")
+@click.option("--report", is_flag=True,
+              help="PTQ/QAT: measure how much quantizing each operation alone moves the outputs (OUTPUT/sensitivity.json).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="Quantization config (YAML/JSON; quantize/config.py lists the fields).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print what the quantized checkpoint records, as JSON.")
-def quantize(model, output, method, calib, calib_size, config_path, overwrite, as_json) -> None:
-    """Quantize MODEL (a checkpoint directory) into OUTPUT, which `--runtime torch`, `tag` and `eval` run like any checkpoint.
+def quantize(model, output, method, calib, calib_size, steps, run_dir, stop_at, report, config_path, overwrite, as_json) -> None:
+    """Quantize MODEL (a checkpoint directory) into OUTPUT, which `export`, `eval` and `tag --runtime torch` take like any checkpoint.
 
-    `ram-edge export OUTPUT` then writes INT8 ONNX / OpenVINO bundles (ptq). Quantization-aware fine-tuning is not built yet.
+    `ram-edge export OUTPUT` then writes an INT8 ONNX or OpenVINO bundle.
     """
     from ..checkpoint_dir import read_checkpoint_dir
     from ..errors import QuantizeError
+    from ..fileio import refuse_existing
     from ..quantize.calibration import load_calibration
     from ..quantize.config import QuantizeConfig
-    from ..quantize.quantizer import quantize_checkpoint
 
     cfg = QuantizeConfig.from_file(config_path) if config_path else QuantizeConfig()
     overrides = {"method": method, "calib_size": calib_size}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # validated again
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, qat=dataclasses.replace(cfg.qat, steps=steps))
+    if cfg.method != "qat" and (steps or run_dir or stop_at):
+        raise click.UsageError("--steps, --run-dir and --stop-at are for --method qat")
+    if report and cfg.method == "weights":
+        raise click.UsageError("--report measures activation and weight quantizers: use it with --method ptq or qat")
     info = read_checkpoint_dir(model)  # a bad MODEL fails before the calibration images are read
+    refuse_existing(output, overwrite)
     data = None
-    if cfg.method == "ptq":
+    if cfg.method in ("ptq", "qat"):
         if not calib:
-            raise QuantizeError("--method ptq needs calibration images: pass --calib with a folder of your photos or a dataset")
+            raise QuantizeError(f"--method {cfg.method} needs calibration images: pass --calib with a folder of your photos or a dataset")
         data = load_calibration(calib, info.config.preprocess, cfg.calib_size, seed=cfg.seed)
         if data.unreadable:
             click.echo(f"warning: {data.unreadable} calibration image(s) could not be read and were skipped "
                        f"(first: {data.examples_unreadable[0]})", err=True)
-    record = quantize_checkpoint(model, output, cfg, data, overwrite=overwrite)
+    if cfg.method == "qat":
+        from ..quantize.qat import quantization_aware_training
+
+        quantization_aware_training(model, output, cfg, calib, data, run_dir=run_dir, overwrite=overwrite, stop_at=stop_at)
+        from pathlib import Path
+
+        if not Path(output).is_dir():  # stopped early with --stop-at: the run resumes
+            return
+        record = read_checkpoint_dir(output).source["quantization"]
+    else:
+        from ..quantize.quantizer import quantize_checkpoint
+
+        record = quantize_checkpoint(model, output, cfg, data, overwrite=overwrite)
+    sensitivity = _sensitivity(output, data, as_json) if report else None
     if as_json:
-        click.echo(json.dumps(record))
+        click.echo(json.dumps({**record, **({"sensitivity": sensitivity} if sensitivity else {})}))
         return
     what = f"calibrated on {record['calibration']['images']} images from {calib}" if data is not None else "no calibration needed"
-    click.echo(f"wrote {output}: {cfg.method} ({what}); run it with --runtime torch")
+    if cfg.method == "qat":
+        what += f", then {record['qat']['steps']} QAT steps"
+    click.echo(f"wrote {output}: {cfg.method} ({what}); export it with `ram-edge export {output} -o BUNDLE` or run it with --runtime torch")
+
+
+def _sensitivity(output: str, data, quiet: bool) -> dict:
+    """Per-operation sensitivity of the quantized checkpoint on (up to 64 of) its calibration images."""
+    from pathlib import Path
+
+    from ..fileio import atomic_file
+    from ..quantize.quantizer import load_quantized, nncf_output_to_stderr
+    from ..quantize.sensitivity import format_report, sensitivity_report
+
+    graph, info = load_quantized(output)
+    with nncf_output_to_stderr():
+        result = sensitivity_report(graph, data.images[:64], info.labels)
+    with atomic_file(Path(output) / "sensitivity.json", "w") as fh:
+        fh.write(json.dumps(result, indent=1))
+    if not quiet:
+        click.echo(format_report(result))
+    return result
