@@ -107,10 +107,9 @@ def export_bundle(
     model, info = load_checkpoint(model_dir)
     quantized = is_quantized(info)
     precision = precision or ("int8" if quantized else "fp32")
-    if quantized and (precision != "int8" or tags or vocab is not None):
+    if quantized and precision != "int8":
         raise ExportError(
-            f"{model_dir} is a quantized checkpoint: it exports as int8 with all its tags (asked: {precision}"
-            f"{', a tag subset' if tags else ''}{', a vocabulary' if vocab is not None else ''}); for other bundles export "
+            f"{model_dir} is a quantized checkpoint: it exports as int8 (asked: {precision}); for other precisions export "
             f"the float checkpoint it came from ({info.source['quantization']['from']['checkpoint']})"
         )
     if precision == "int8" and not quantized:
@@ -132,6 +131,8 @@ def export_bundle(
         from ram_edge.quantize.quantizer import load_quantized
 
         float_graph, (quantized_graph, _) = graph, load_quantized(model_dir)
+        if indices is not None or new_embed is not None:
+            _use_label_set(quantized_graph, float_graph)
         int8_extra = {**info.source["quantization"], "vs_float": _agreement(float_graph, quantized_graph, labels, config)}
         if info.source["quantization"]["method"] == "weights":
             # 8-bit weights are written from the float graph (data-free, the same scheme) and checked against NNCF's.
@@ -169,6 +170,20 @@ def export_bundle(
         }
         manifest = write_manifest(tmp, manifest)
     return manifest
+
+
+def _use_label_set(quantized, float_graph) -> None:
+    """Give a quantized graph the float graph's label set (a subset or an open-set vocabulary).
+
+    The precomputed queries (RAM) or description embeddings (RAM++) are constants of the graph, not
+    quantized weights; NNCF's quantizers and SmoothQuant scales act per hidden channel, never per tag,
+    so the quantized operations are unchanged by the number of tags.
+    """
+    import torch
+
+    name = "queries" if float_graph.family == "ram" else "label_embed"
+    with torch.no_grad():
+        setattr(quantized, name, getattr(float_graph, name).detach().clone())
 
 
 def _agreement(float_graph, quantized, labels: LabelSet, config) -> dict[str, Any]:

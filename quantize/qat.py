@@ -176,6 +176,26 @@ def qat_train_config(qcfg: QuantizeConfig, data: str | Path, run_dir: str | Path
                        eval_every=0, log_every=q.log_every, device=q.device)
 
 
+def _check_tags_match(model_dir: str | Path, data: DataConfig, sample: int = 200) -> None:
+    """The tagging loss needs data whose tags are the model's: refuse a label set that does not match."""
+    from ram_edge.checkpoint_dir import read_checkpoint_dir
+    from ram_edge.training.data import TargetBuilder, open_source
+    from ram_edge.training.label_system import LabelSystem
+
+    if data.kind == "wds":
+        return  # streamed: checked by the loss itself (all-negative targets) rather than by reading shards twice
+    labels = read_checkpoint_dir(model_dir).labels
+    targets = TargetBuilder(LabelSystem(tags=list(labels.tags), synonyms=[[] for _ in labels.tags]), data.tags_from)
+    source = open_source(data)
+    count = min(len(source), sample)
+    if not any(targets.ids(source.example(i)) for i in range(count)):
+        raise QuantizeError(
+            f"qat.tagging_weight is set but none of the first {count} examples has a tag of the model's label set "
+            f"({data.path}, tags_from {data.tags_from!r}); give data labelled with the model's tags, or set qat.tagging_weight: 0 "
+            f"(distillation needs no labels)"
+        )
+
+
 def quantization_aware_training(model_dir: str | Path, out_dir: str | Path, qcfg: QuantizeConfig, data: str | Path,
                                 calib: CalibrationData | None, *, run_dir: str | Path | None = None, overwrite: bool = False,
                                 progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
@@ -184,6 +204,8 @@ def quantization_aware_training(model_dir: str | Path, out_dir: str | Path, qcfg
     run_dir = Path(run_dir) if run_dir is not None else out_dir.with_name(out_dir.name + ".qat-run")
     refuse_existing(out_dir, overwrite)  # before PTQ and training, not at the end
     train_cfg = qat_train_config(qcfg, data, run_dir)
+    if qcfg.qat.tagging_weight > 0:
+        _check_tags_match(model_dir, train_cfg.data)
     identity = {"model": str(Path(model_dir).resolve()), "data": str(Path(data).resolve()), "config": json.loads(json.dumps(qcfg.to_dict()))}
     run_file = run_dir / RUN_FILE
     if run_file.is_file():

@@ -179,13 +179,11 @@ def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_ch
 
 
 def test_int8_export_errors(micro, ptq_checkpoint, tmp_path):
-    weights = tmp_path / "w8"
-    assert _run("quantize", micro["checkpoint"], "-o", weights, "--method", "weights").exit_code == 0
     cases = [
-        ((weights,), "8-bit weights only"),
         ((micro["checkpoint"], "--precision", "int8"), "needs a quantized checkpoint"),
         ((ptq_checkpoint, "--precision", "fp16"), "exports as int8"),
-        ((ptq_checkpoint, "--tags", TAGS[0]), "a tag subset"),
+        ((ptq_checkpoint, "--calib", micro["images"]), "--calib is for --precision int8"),
+        ((ptq_checkpoint, "--precision", "int8", "--calib", micro["images"]), "already quantized"),
     ]
     for args, message in cases:
         result = _run("export", args[0], "-o", tmp_path / "b", *args[1:])
@@ -270,3 +268,194 @@ def test_bad_calibration_input_is_one_line_and_writes_nothing(micro, tmp_path, c
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and expected in lines[0], result.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def _kl_on(checkpoint: Path, micro, images: np.ndarray) -> float:
+    """Binary KL of a quantized checkpoint's tag probabilities from the float model's, on `images`."""
+    from ram_edge.models.checkpoint import load_checkpoint
+    from ram_edge.quantize.qat import binary_kl
+    from ram_edge.quantize.quantizer import load_quantized, tagging_graph
+
+    teacher = tagging_graph(load_checkpoint(micro["checkpoint"])[0])
+    student, _ = load_quantized(checkpoint)
+    teacher.emit_logits = student.emit_logits = True
+    with torch.no_grad():
+        x = torch.from_numpy(images)
+        return float(binary_kl(student(x), teacher(x)))
+
+
+QAT_CONFIG = """method: qat
+calib_size: 16
+qat:
+  steps: 10
+  batch_size: 8
+  lr: 1.0e-4
+  warmup_steps: 1
+  checkpoint_every: 2
+  log_every: 1
+  crop_scale: [1.0, 1.0]
+  hflip: false
+"""
+
+
+@pytest.fixture(scope="module")
+def qat_run(micro, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("qat")
+    (root / "qat.yaml").write_text(QAT_CONFIG)
+    out = root / "qat"
+    result = _run("quantize", micro["checkpoint"], "-o", out, "--config", root / "qat.yaml", "--calib", micro["images"] / "album",
+                  "--json")
+    assert result.exit_code == 0, result.output
+    return {"out": out, "run": root / "qat.qat-run", "config": root / "qat.yaml", "record": json.loads(result.stdout)}
+
+
+def test_qat_fine_tunes_the_ptq_model_towards_the_float_one(micro, qat_run):
+    from ram_edge import Tagger
+    from ram_edge.config import PreprocessConfig
+    from ram_edge.quantize.calibration import load_calibration
+    from ram_edge.quantize.quantizer import load_quantized
+
+    record = qat_run["record"]
+    assert record["method"] == "qat" and record["qat"]["steps"] == 10 and record["calibration"]["images"] == 16
+    assert record["qat"]["data"] == {"kind": "folder", "path": str(micro["images"] / "album")}
+    log = [json.loads(line) for line in (qat_run["run"] / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r and "distillation" in r]
+    assert [r["step"] for r in steps] == list(range(1, 11)) and all(np.isfinite(r["loss"]) for r in steps)
+    # The PTQ starting point is a quantized checkpoint of its own; QAT moved the model towards the float teacher.
+    images = load_calibration(micro["images"] / "album", PreprocessConfig(image_size=32), 24, progress=False).images
+    before, after = _kl_on(qat_run["run"] / "ptq", micro, images), _kl_on(qat_run["out"], micro, images)
+    assert after < 0.9 * before, (before, after)
+    # Reload is exact, and the torch runtime runs it like any checkpoint.
+    batch = _batch(micro)
+    with torch.no_grad():
+        a = load_quantized(qat_run["out"])[0](torch.from_numpy(batch)).numpy()
+        b = load_quantized(qat_run["out"])[0](torch.from_numpy(batch)).numpy()
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(Tagger.load(qat_run["out"], runtime="torch").predict(batch), a, rtol=0, atol=1e-7)
+
+
+def test_resumed_qat_ends_identical_to_an_uninterrupted_run(micro, qat_run, tmp_path):
+    from safetensors.numpy import load_file
+
+    out, run = tmp_path / "qat", tmp_path / "run"
+    args = ["quantize", micro["checkpoint"], "-o", out, "--config", qat_run["config"], "--calib", micro["images"] / "album",
+            "--run-dir", run]
+    result = _run(*args, "--stop-at", 4)
+    assert result.exit_code == 0, result.output
+    assert not out.exists() and (run / "checkpoints" / "latest").read_text() == "step-00000004"
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.stderr
+    a, b = load_file(str(out / "quantized.safetensors")), load_file(str(qat_run["out"] / "quantized.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The finished run's output exists: running again is refused, and a run directory of another setup too.
+    again = _run(*args)
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    other = _run("quantize", micro["checkpoint"], "-o", tmp_path / "other", "--method", "qat", "--steps", 3,
+                 "--calib", micro["images"] / "album", "--run-dir", run)
+    assert other.exit_code == 2 and "holds a QAT run of another setup (config differ)" in other.stderr, other.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_qat_tagging_loss_needs_tags_that_match_the_label_set(micro, tmp_path):
+    (tmp_path / "q.yaml").write_text(QAT_CONFIG.replace("  hflip: false\n", "  hflip: false\n  tagging_weight: 1.0\n"))
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"image": str(p), "tags": ["zebra"]} for p in sorted((micro["images"] / "album").glob("*.png"))]
+    (data / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = _run("quantize", micro["checkpoint"], "-o", tmp_path / "out", "--config", tmp_path / "q.yaml", "--calib", data)
+    assert result.exit_code == 2 and "none of the first 24 examples has a tag of the model's label set" in result.stderr, result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.qat-run").exists()
+
+
+def test_qat_bundles_and_tag_subsets_of_quantized_models(micro, qat_run, tmp_path):
+    from ram_edge import Tagger
+
+    full, subset = tmp_path / "full", tmp_path / "subset"
+    assert _run("export", qat_run["out"], "-o", full).exit_code == 0
+    result = _run("export", qat_run["out"], "-o", subset, "--tags", f"{TAGS[3]},{TAGS[1]}", "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "qat"
+    assert manifest["labels"]["tags"] == [TAGS[1], TAGS[3]] or manifest["labels"]["tags"] == [TAGS[3], TAGS[1]]
+    batch = _batch(micro)
+    all_probs = Tagger.load(full, runtime="ort").predict(batch)
+    columns = [TAGS.index(t) for t in manifest["labels"]["tags"]]
+    # The subset's queries are constants of the same quantized graph: the same scores as the full bundle's columns.
+    np.testing.assert_allclose(Tagger.load(subset, runtime="ort").predict(batch), all_probs[:, columns], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt, runtime", [("onnx", "ort"), ("openvino", "openvino")])
+def test_weights_only_bundles_store_8_bit_weights(micro, tmp_path, fmt, runtime):
+    from ram_edge import Tagger
+    from ram_edge.export.validate import TOLERANCES
+    from ram_edge.quantize.quantizer import load_quantized
+
+    weights = tmp_path / "w8"
+    assert _run("quantize", micro["checkpoint"], "-o", weights, "--method", "weights").exit_code == 0
+    bundle, fp32 = tmp_path / "bundle", tmp_path / "fp32"
+    result = _run("export", weights, "-o", bundle, "--format", fmt, "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "weights"
+    assert manifest["compute_precision"] == "fp32" and manifest["validation"]["tolerance"] == TOLERANCES["int8-weights"]
+    batch = _batch(micro)
+    with torch.no_grad():
+        expected = load_quantized(weights)[0](torch.from_numpy(batch)).numpy()
+    tagger = Tagger.load(bundle, runtime=runtime)
+    assert tagger.runtime.compute_precision == "fp32"
+    assert np.abs(tagger.predict(batch) - expected).max() <= TOLERANCES["int8-weights"]
+    assert _run("export", micro["checkpoint"], "-o", fp32, "--format", fmt).exit_code == 0
+    model_file = "model.onnx" if fmt == "onnx" else "model.bin"
+    # The micro model's weights are a small part of its file; the 8-bit ones are a quarter of their float size.
+    assert (bundle / model_file).stat().st_size < 0.75 * (fp32 / model_file).stat().st_size
+    if fmt == "onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(bundle / "model.onnx"))
+        u8 = [i.name for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.uint8 and len(i.dims) >= 2]
+        assert len(u8) >= 10 and not [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def test_export_int8_with_calib_runs_ptq_on_the_way(micro, tmp_path):
+    bundle = tmp_path / "int8"
+    result = _run("export", micro["checkpoint"], "-o", bundle, "--precision", "int8", "--calib", micro["images"] / "album",
+                  "--calib-size", 12, "--format", "openvino", "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "ptq"
+    assert manifest["quantization"]["calibration"]["images"] == 12 and manifest["quantization"]["calibration"]["kind"] == "folder"
+    assert (bundle / "model.xml").is_file()
+
+
+def test_sensitivity_report_ranks_operations_and_its_patterns_keep_them_in_float(micro, tmp_path):
+    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.quantize.sensitivity import quantizer_groups
+
+    out = tmp_path / "ptq"
+    result = _run("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"] / "album", "--report")
+    assert result.exit_code == 0, result.output
+    assert "whole model:" in result.stdout and "worst  1 kept in float" in result.stdout
+    report = json.loads((out / "sensitivity.json").read_text())
+    graph, _ = load_quantized(out)
+    groups = quantizer_groups(graph)
+    ops = report["ops"]
+    # One row per quantized operation, every quantizer counted once, most sensitive first.
+    assert sorted(r["op"] for r in ops) == sorted(groups) and sum(r["quantizers"] for r in ops) == sum(map(len, groups.values()))
+    assert [r["mean_abs_diff"] for r in ops] == sorted((r["mean_abs_diff"] for r in ops), reverse=True)
+    assert ops[0]["mean_abs_diff"] > 0 and report["whole_model"][0]["kept_in_float"] == 0
+    # Keeping the worst operations in float brings the model closer to float.
+    whole = {r["kept_in_float"]: r["mean_abs_diff"] for r in report["whole_model"]}
+    assert whole[5] < whole[0]
+    # The suggested patterns are data for the next run: those operations get no quantizers.
+    patterns = report["suggested_ignored_patterns"]["3"]
+    (tmp_path / "q.yaml").write_text(json.dumps({"method": "ptq", "ignored_patterns": patterns}))
+    again = tmp_path / "ptq-mixed"
+    assert _run("quantize", micro["checkpoint"], "-o", again, "--calib", micro["images"] / "album", "--config", tmp_path / "q.yaml").exit_code == 0
+    mixed = quantizer_groups(load_quantized(again)[0])
+    kept = {r["op"] for r in ops[:3]}
+    weight_quantized = {op for op in kept if op in mixed}
+    assert len(weight_quantized) < len(kept), (kept, sorted(mixed))
