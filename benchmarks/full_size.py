@@ -143,11 +143,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--report", type=Path, default=None, help="default: benchmarks/full_size_<preset>.md")
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--int8", action="store_true",
+                        help="INT8 and bf16 against fp32 on the same runtime instead (PTQ calibrated on rendered scenes); "
+                             "report full_size_<preset>_int8.md")
+    parser.add_argument("--calib-size", type=int, default=300, help="--int8: rendered scenes to calibrate on")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    report = args.report or Path(__file__).parent / f"full_size_{REPORT_NAMES[args.preset]}.md"
+    suffix = "_int8" if args.int8 else ""
+    report = args.report or Path(__file__).parent / f"full_size_{REPORT_NAMES[args.preset]}{suffix}.md"
 
     ckpt = build_checkpoint(args.workdir, args.preset)
+    if args.int8:
+        from .full_size_int8 import run_int8
+
+        run_int8(args, ckpt, report)
+        return
     tags = (args.workdir / "ckpt" / "tags.txt").read_text().splitlines()
     num = len(tags)
     macs = count_macs(ckpt, [num, *SUBSETS])

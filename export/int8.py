@@ -28,7 +28,45 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int) -> 
     with nncf_output_to_stderr():
         native = nncf.strip(quantized, do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=example)
     write_onnx(native.eval(), path, image_size)
-    return fold_quantized_weights(path)
+    folded = fold_quantized_weights(path)
+    store_constants_fp16(path)
+    return folded
+
+
+# Float constants at least this large that are not weights (the label queries; RAM++'s description
+# embeddings, 479 MB in fp32 at full size) are stored in fp16 in INT8 bundles; smaller ones are not worth a Cast.
+FP16_CONSTANT_ELEMENTS = 4096
+
+
+def store_constants_fp16(path: Path, min_elements: int = FP16_CONSTANT_ELEMENTS) -> int:
+    """Store the large float32 constants that are not quantized weights as fp16 behind a Cast, in place; returns how many.
+
+    The runtimes fold the Cast once when they load the graph; the file holds half the bytes.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    dequantized = {node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    casts, changed = [], 0
+    for init in list(graph.initializer):
+        if init.data_type != TensorProto.FLOAT or init.name in dequantized or len(init.dims) < 2:
+            continue
+        values = numpy_helper.to_array(init)
+        if values.size < min_elements:
+            continue
+        half = f"{init.name}__fp16"
+        graph.initializer.remove(init)
+        graph.initializer.append(numpy_helper.from_array(values.astype(np.float16), half))
+        casts.append(helper.make_node("Cast", [half], [init.name], name=f"{init.name}__Cast", to=TensorProto.FLOAT))
+        changed += 1
+    if changed:
+        nodes = casts + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return changed
 
 
 def fold_quantized_weights(path: Path) -> int:

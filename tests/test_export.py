@@ -245,3 +245,19 @@ def test_export_mismatch_is_an_error_and_leaves_nothing(converted_golden, tmp_pa
     with pytest.raises(ExportError, match="exported output 'probs' differs from the torch model by up to"):
         export_bundle(converted_golden["ram_plus_tiny"], tmp_path / "b", fmt="onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ram_plus_bundles_hold_the_description_embeddings_once(bundles, converted_golden):
+    import onnx
+    from onnx import numpy_helper
+
+    from ram_edge.checkpoint_dir import read_checkpoint_dir
+
+    config = read_checkpoint_dir(converted_golden["ram_plus_tiny"]).config
+    size = config.num_classes * config.des_per_class * config.label_embed_dim
+    model = onnx.load(str(bundles["ram_plus_tiny", "onnx", "fp32"] / "model.onnx"))
+    copies = [i.name for i in model.graph.initializer if numpy_helper.to_array(i).size == size]
+    # Once: a transposed copy for the similarities used to be stored beside them (1766 MB against 1307 MB at full size).
+    assert len(copies) == 1, copies
+    assert (bundles["ram_plus_tiny", "onnx", "fp32"] / "model.onnx").stat().st_size < 1.5 * 4 * size + 4 * sum(
+        numpy_helper.to_array(i).size for i in model.graph.initializer if i.name not in copies)

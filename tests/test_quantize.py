@@ -459,3 +459,33 @@ def test_sensitivity_report_ranks_operations_and_its_patterns_keep_them_in_float
     kept = {r["op"] for r in ops[:3]}
     weight_quantized = {op for op in kept if op in mixed}
     assert len(weight_quantized) < len(kept), (kept, sorted(mixed))
+
+
+def test_ram_plus_int8_bundle_stores_description_embeddings_once_in_fp16(micro, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from ram_edge import Tagger
+    from ram_edge.config import ModelConfig
+    from ram_edge.labels import LabelSet
+    from ram_edge.models.checkpoint import save_checkpoint
+    from ram_edge.models.ram import build_model
+
+    torch.manual_seed(0)
+    classes, des, dim = 40, 4, 32
+    config = ModelConfig.from_dict({
+        "family": "ram_plus", "des_per_class": des,
+        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
+        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2},
+        "num_classes": classes, "embed_dim": dim, "label_embed_dim": dim, "preprocess": {"image_size": 32},
+    })
+    tags = [f"tag{i}" for i in range(classes)]
+    checkpoint = save_checkpoint(build_model(config).eval(), LabelSet(tags, None, np.full(classes, 0.5, np.float32)), tmp_path / "float")
+    bundle = tmp_path / "int8"
+    result = _run("export", checkpoint, "-o", bundle, "--precision", "int8", "--calib", micro["images"] / "album", "--calib-size", 8)
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(bundle / "model.onnx"))
+    arrays = [numpy_helper.to_array(i) for i in model.graph.initializer]
+    descriptions = [a for a in arrays if a.size == classes * des * dim]
+    assert len(descriptions) == 1 and descriptions[0].dtype == np.float16
+    assert Tagger.load(bundle, runtime="ort").predict(_batch(micro)).shape == (6, classes)

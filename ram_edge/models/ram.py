@@ -52,11 +52,13 @@ class RAM(nn.Module):
         des = self.config.des_per_class
         pooled = image_embeds[:, 0, :]
         pooled = pooled / pooled.norm(dim=-1, keepdim=True)
-        logits = (self.reweight_scale.exp() * pooled) @ label_embed.t()
-        weights = F.softmax(logits.view(logits.shape[0], -1, des), dim=2)
+        # Both products read the same (C, des, D) view of the description embeddings: an exported graph
+        # then holds them once (a transposed copy for the similarities doubled the ONNX file: 479 MB at full size).
+        per_class = label_embed.view(-1, des, label_embed.shape[-1])
+        logits = torch.matmul(per_class, (self.reweight_scale.exp() * pooled).t())  # (C, des, B)
+        weights = F.softmax(logits.permute(2, 0, 1), dim=2)
         # A batched product instead of the official elementwise product + sum (479 MB per image
         # at full size); equal up to summation order.
-        per_class = label_embed.view(-1, des, label_embed.shape[-1])
         return torch.matmul(weights.unsqueeze(-2), per_class).squeeze(-2)
 
     def label_queries(self, image_embeds: torch.Tensor | None = None, label_embed: torch.Tensor | None = None) -> torch.Tensor:
