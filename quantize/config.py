@@ -10,6 +10,7 @@ from typing import Any
 from ram_edge.errors import ConfigError, QuantizeError
 
 METHODS = ("ptq", "qat", "weights")
+DEFAULT_IGNORED_PATTERNS = ("^patch_embed/proj/(0/)?conv2d/0$",)
 
 
 @dataclass
@@ -55,8 +56,11 @@ class QuantizeConfig:
     # fine-tuning (section `qat`); "weights": 8-bit weights, float compute.
     method: str = "ptq"
     calib_size: int = 300  # calibration images (PTQ statistics); a few hundred of the user's own photos suffice
-    # NNCF IgnoredScope, as data: node-name regexes and operation types left in float.
-    ignored_patterns: list[str] = field(default_factory=list)
+    # NNCF IgnoredScope, as data: node-name regexes and operation types left in float. Default: the first
+    # convolution (Swin's patch embedding, or the first conv of a conv stem), which sees raw pixels: on the
+    # default model, quantizing it alone moved the tag sets most of all (`ram-edge quantize --report`: tag-set F1
+    # 0.952 against float; the whole model 0.935 with it, 0.984 without it), for a negligible share of the MACs.
+    ignored_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORED_PATTERNS))
     ignored_types: list[str] = field(default_factory=list)
     fast_bias_correction: bool = True
     weights_mode: str = "int8_asym"  # for method "weights": nncf.CompressWeightsMode value
