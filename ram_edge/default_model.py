@@ -10,10 +10,14 @@ from .errors import RamEdgeError
 PACKAGE_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
 
 
+KINDS = ("bundle", "bundle_fp32", "checkpoint")
+
+
 def default_model_path(kind: str = "bundle") -> Path:
-    """Path of the shipped model: 'bundle' (ONNX, for onnxruntime/OpenVINO) or 'checkpoint' (torch)."""
-    if kind not in ("bundle", "checkpoint"):
-        raise RamEdgeError(f"unknown default model kind {kind!r}; valid: bundle, checkpoint")
+    """Path of the shipped model: 'bundle' (the ONNX bundle `tag` uses: INT8 once QAT met its targets),
+    'bundle_fp32' (the fp32 ONNX bundle, when the default is INT8) or 'checkpoint' (torch)."""
+    if kind not in KINDS:
+        raise RamEdgeError(f"unknown default model kind {kind!r}; valid: {', '.join(KINDS)}")
     path = PACKAGE_DIR / kind
     if not (path / ("manifest.json" if kind == "bundle" else "config.json")).is_file():
         raise RamEdgeError(

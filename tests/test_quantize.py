@@ -289,7 +289,7 @@ calib_size: 16
 qat:
   steps: 10
   batch_size: 8
-  lr: 1.0e-4
+  lr: 3.0e-5
   warmup_steps: 1
   checkpoint_every: 2
   log_every: 1

@@ -4,6 +4,7 @@
     python recipes/default_model/build.py prepare      # eval splits, label file, WordPiece vocab
     python recipes/default_model/build.py train        # ram-edge train, stage by stage (resumable)
     python recipes/default_model/build.py finalize     # thresholds, export, eval, report, ship
+    python recipes/default_model/build.py quantize     # PTQ + QAT, INT8 bundles, retention table; ship INT8 if it passes
 
 Work files go to work-out/default_model/ (git-ignored); the shipped files go to
 ram_edge/assets/default_model/ and the report to benchmarks/default_model.md.
@@ -267,10 +268,34 @@ Validation mAP during training:
     shutil.copy(run / "log.jsonl", REPO / "benchmarks" / "default_model_train_log.jsonl")
 
 
+def quantize() -> None:
+    """Quantization-aware fine-tuning of the shipped checkpoint, INT8 bundles and the retention table
+    (benchmarks/int8_default_model.md); when QAT INT8 on onnxruntime meets every accuracy target, its ONNX
+    bundle becomes the shipped default (`bundle/`) and the fp32 one moves beside it (`bundle_fp32/`)."""
+    from ram_edge.benchmarks.int8_default_model import main as retention
+
+    work = WORK / "int8"
+    retention(["--workdir", str(work), "--model", str(SHIP / "checkpoint")])
+    result = json.loads((REPO / "benchmarks" / "int8_default_model.json").read_text())
+    missed = [v["target"] for v in result["verdicts"] if v["runtime"] == "ort" and not v["pass"]]
+    if missed:
+        print(f"QAT INT8 misses {missed}: the fp32 bundle stays the default", file=sys.stderr)
+        return
+    manifest = json.loads((SHIP / "bundle" / "manifest.json").read_text())
+    if manifest["precision"] == "fp32":
+        if (SHIP / "bundle_fp32").exists():
+            shutil.rmtree(SHIP / "bundle_fp32")
+        shutil.move(str(SHIP / "bundle"), str(SHIP / "bundle_fp32"))
+    elif (SHIP / "bundle").exists():
+        shutil.rmtree(SHIP / "bundle")
+    shutil.copytree(work / "bundles" / "qat-onnx-seen", SHIP / "bundle")
+    print(f"shipped the QAT INT8 ONNX bundle as {SHIP / 'bundle'} (fp32: {SHIP / 'bundle_fp32'})", file=sys.stderr)
+
+
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["prepare", "train", "finalize", "all"])
+    parser.add_argument("phase", choices=["prepare", "train", "finalize", "quantize", "all"])
     parser.add_argument("--model", type=Path, default=None, help="finalize this checkpoint directory instead of the run's model/")
     args = parser.parse_args()
     phase = args.phase
@@ -280,6 +305,8 @@ def main() -> None:
         train()
     if phase in ("finalize", "all"):
         finalize(args.model)
+    if phase in ("quantize", "all"):
+        quantize()
 
 
 if __name__ == "__main__":
