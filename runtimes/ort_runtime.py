@@ -73,6 +73,11 @@ class OrtRuntime(Runtime):
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if (self.bundle.manifest.get("quantization") or {}).get("method") == "weights":
+            # 8-bit weights, float activations: without this, onnxruntime keeps every DequantizeLinear of a weight
+            # for QDQ fusion that never comes and runs the convolutions without their packed kernels (default
+            # model: 38 against 18.6 ms/image for fp32); with it the weights are dequantized once, at load.
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         providers = [DEVICE_PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
         self.session = ort.InferenceSession(str(self.bundle.file("model")), options, providers=providers)
         used = self.session.get_providers()
