@@ -19,7 +19,7 @@ def default_model_path(kind: str = "bundle") -> Path:
     if kind not in KINDS:
         raise RamEdgeError(f"unknown default model kind {kind!r}; valid: {', '.join(KINDS)}")
     path = PACKAGE_DIR / kind
-    if not (path / ("manifest.json" if kind == "bundle" else "config.json")).is_file():
+    if not (path / ("config.json" if kind == "checkpoint" else "manifest.json")).is_file():
         raise RamEdgeError(
             f"the default model is not installed at {path}; pass --model, or rebuild it with "
             f"`python recipes/default_model/build.py all`"
