@@ -280,6 +280,14 @@ def write_report(path: Path, result: dict) -> None:
               "OpenVINO's runtime graph (layer @ runtime precision), onnxruntime's optimized graph (operator types).", ""]
     for name, counts in result["kernels"].items():
         lines.append(f"- {name}: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    lines += ["", "Reading them: onnxruntime fuses DequantizeLinear(int8 weight) + MatMul behind a QuantizeLinear of the "
+              "activation into `MatMulIntegerToFloat` (an int8 x int8 product with a float result); every such layer "
+              "quantizes its input on the fly (the `QuantizeLinear` count), and a `Conv` left as `Conv` runs in float with "
+              "dequantized weights (the first convolution is kept in float on purpose; onnxruntime forms an int8 "
+              "`QLinearConv` only where a convolution's output is quantized too). OpenVINO lists the precision each kernel runs in: `u8`/`i8` "
+              "FullyConnected, MatMul and Convolution are int8 kernels, `f32` ones are float (LayerNorm as MVN, "
+              "softmax, GELU and residual adds stay float by NNCF's transformer preset). On a CPU without VNNI the "
+              "int8 kernels have no dot-product instruction to use, which is why they are not faster here."]
     lines += ["", "Quantization times here: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["quantize_seconds"].items()) + "."]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     path.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
