@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ram_edge.fileio import atomic_file
 
-from .harness import matmul_roofline, write_markdown_report
+from .harness import bundle_model_mb, cpu_features, matmul_roofline, write_markdown_report
 
 
 def _log(msg: str) -> None:
@@ -27,28 +27,6 @@ def _log(msg: str) -> None:
 def _sh(*args: str) -> None:
     _log("ram-edge " + " ".join(args))
     subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], check=True)
-
-
-def cpu_features() -> dict:
-    """The CPU's INT8 / BF16 instruction-set features (from /proc/cpuinfo) and OpenVINO's view of them."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-    try:
-        import openvino as ov
-
-        capabilities = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except Exception:  # noqa: BLE001 - informational only
-        capabilities = []
-    return {"features": [f for f in wanted if f in flags],
-            "vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
-            "bf16": "BF16" in capabilities, "openvino_capabilities": capabilities}
 
 
 def _bundle(ckpt: Path, dest: Path, fmt: str) -> Path:
@@ -67,11 +45,6 @@ def _bench(path: Path, runtime: str, batch: int, threads: int, iters: int, compu
     if proc.returncode:
         return {"runtime": runtime, "model": str(path), "batch_size": batch, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout)
-
-
-def _size_mb(bundle: Path) -> float:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    return sum((bundle / f).stat().st_size for f in manifest["files"].values()) / 1e6
 
 
 def run_int8(args, ckpt: Path, report: Path) -> None:
@@ -105,7 +78,7 @@ def run_int8(args, ckpt: Path, report: Path) -> None:
         iters = args.iters if batch == 1 else max(2, args.iters // 2)
         row = _bench(path, runtime, batch, args.threads, iters, compute)
         row["roofline_gmacs"] = readings[-1] / 1e9
-        row["file_mb"] = _size_mb(path)
+        row["file_mb"] = bundle_model_mb(path)
         rows.append(row)
         with atomic_file(report.with_suffix(".json"), "w") as fh:
             fh.write(json.dumps({"preset": args.preset, "cpu": cpu, "rows": rows, "roofline_readings": readings}, indent=1))

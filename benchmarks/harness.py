@@ -142,6 +142,35 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def cpu_features() -> dict[str, Any]:
+    """The CPU's name, cores and INT8 / BF16 instruction-set features (/proc/cpuinfo), and OpenVINO's view of them."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    try:
+        import openvino as ov
+
+        capabilities = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except Exception:  # noqa: BLE001 - informational only: OpenVINO absent or without a CPU plugin
+        capabilities = []
+    return {"model": _cpu_model(), "cores": os.cpu_count(), "features": [f for f in wanted if f in flags],
+            "vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
+            "bf16": "BF16" in capabilities, "openvino_capabilities": capabilities}
+
+
+def bundle_model_mb(bundle: str | Path) -> float:
+    """Size of the model files a bundle's manifest lists (not the manifest), in MB (10^6 bytes)."""
+    bundle = Path(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    return sum((bundle / name).stat().st_size for name in manifest["files"].values()) / 1e6
+
+
 def _package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)

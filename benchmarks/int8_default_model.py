@@ -106,6 +106,7 @@ def _scores(bundle: Path, runtime: str, images: np.ndarray, batch: int = 32):
 
 
 def _metrics(probs: np.ndarray, labels, truth: list[list[str]], reference_fired: np.ndarray | None) -> dict:
+    from ram_edge.labels import tag_set_f1
     from ram_edge.training.metrics import mean_average_precision, precision_recall_f1
 
     index = {t: i for i, t in enumerate(labels.tags)}
@@ -118,15 +119,8 @@ def _metrics(probs: np.ndarray, labels, truth: list[list[str]], reference_fired:
     prf = precision_recall_f1(fired, targets)
     out = {"mAP": 100 * mean_average_precision(probs, targets), "macro_f1": 100 * prf.macro["f1"]}
     if reference_fired is not None:
-        both = (fired & reference_fired).sum(1)
-        either = fired.sum(1) + reference_fired.sum(1)
-        out["agreement"] = float(np.where(either == 0, 1.0, 2 * both / np.maximum(either, 1)).mean())
+        out["agreement"] = float(tag_set_f1(fired, reference_fired).mean())
     return out
-
-
-def _model_size_mb(bundle: Path) -> float:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    return sum((bundle / name).stat().st_size for name in manifest["files"].values()) / 1e6
 
 
 def _latency(bundle: Path, runtime: str, batch: int) -> dict:
@@ -194,7 +188,7 @@ def measure(work: Path, bundles: dict) -> dict:
                 for key, value in _metrics(probs, labels, truth, reference[kind]).items():
                     row[f"{kind}_{key}"] = value
             seen_bundle = bundles[(variant, fmt, "seen")]
-            row["size_mb"] = _model_size_mb(seen_bundle)
+            row["size_mb"] = bundle_model_mb(seen_bundle)
             for batch in (1, 8):
                 lat = _latency(seen_bundle, runtime, batch)
                 row[f"ms_per_image_b{batch}"] = lat["ms_per_image"]
@@ -205,24 +199,6 @@ def measure(work: Path, bundles: dict) -> dict:
     where = {f"{variant}-{fmt}": kernels(bundles[(variant, fmt, "seen")], runtime)
              for variant in ("fp32", "ptq") for fmt, runtime in FORMATS.items()}
     return {"rows": rows, "images": {k: len(v[0]) for k, v in splits.items()}, "kernels": where}
-
-
-def _cpu() -> dict:
-    from ram_edge.benchmarks.harness import _cpu_model
-
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    features = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in flags]
-    import os
-
-    return {"model": _cpu_model(), "cores": os.cpu_count(), "features": features,
-            "int8_dot_product": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))}
 
 
 def verdicts(rows: list[dict]) -> list[dict]:
@@ -251,7 +227,7 @@ def write_report(path: Path, result: dict) -> None:
         "# INT8 retention of the default model",
         "",
         f"Measured {result['date']} on {cpu['model']} ({cpu['cores']} cores; CPU features: {', '.join(cpu['features']) or 'none'}; "
-        f"INT8 dot-product units (VNNI/AMX): {'yes' if cpu['int8_dot_product'] else 'no'}), "
+        f"INT8 dot-product units (VNNI/AMX): {'yes' if cpu['vnni'] else 'no'}), "
         f"{result['machine']['versions']}.",
         "",
         f"Reproduce: `{result['command']}` ({result['seconds'] / 60:.0f} min here).",
@@ -311,14 +287,14 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = quantize(work, args.model, args.calib_size, args.qat_steps)
     bundles = export(work, checkpoints)
     result = measure(work, bundles)
-    from ram_edge.benchmarks.harness import _package_version
+    from ram_edge.benchmarks.harness import _package_version, bundle_model_mb, cpu_features
 
     result.update({
         "date": datetime.date.today().isoformat(),
         "command": "python -m ram_edge.benchmarks.int8_default_model " + " ".join(sys.argv[1:] if argv is None else argv),
         "seconds": time.perf_counter() - started,
         "settings": {"calib_size": args.calib_size, "qat_steps": args.qat_steps, "qat_images": args.qat_images},
-        "machine": {"cpu": _cpu(), "versions": ", ".join(f"{n} {_package_version(n)}" for n in
+        "machine": {"cpu": cpu_features(), "versions": ", ".join(f"{n} {_package_version(n)}" for n in
                                                           ("torch", "nncf", "onnxruntime", "openvino"))},
         "quantize_seconds": {m: float((work / f"q_{m}.seconds").read_text()) for m in ("weights", "ptq", "qat")
                              if (work / f"q_{m}.seconds").is_file()},

@@ -16,7 +16,7 @@ from ram_edge import __version__
 from ram_edge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, write_manifest
 from ram_edge.errors import ExportError, MissingDependencyError
 from ram_edge.fileio import atomic_dir
-from ram_edge.labels import LabelSet
+from ram_edge.labels import LabelSet, tag_set_f1
 
 from .validate import ValidationReport
 
@@ -198,10 +198,7 @@ def _agreement(float_graph, quantized, labels: LabelSet, config) -> dict[str, An
             x = torch.from_numpy(batch)
             a, b = float_graph(x).numpy(), quantized(x).numpy()
         diffs.append(float(np.abs(a - b).max()))
-        fa, fb = labels.fired(a), labels.fired(b)
-        for row_a, row_b in zip(fa, fb):
-            both, either = int((row_a & row_b).sum()), int(row_a.sum() + row_b.sum())
-            f1s.append(1.0 if either == 0 else 2 * both / either)
+        f1s.extend(tag_set_f1(labels.fired(a), labels.fired(b)).tolist())
     return {"inputs": "validation inputs (random image-like tensors), not photos", "max_abs_diff": max(diffs),
             "tag_set_f1": float(np.mean(f1s))}
 

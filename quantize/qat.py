@@ -98,7 +98,11 @@ class QATTrainer(Trainer):
 
     def __init__(self, model_dir: str | Path, out_dir: str | Path, qcfg: QuantizeConfig, train_cfg: TrainConfig,
                  calib: CalibrationData | None, *, progress: bool = True) -> None:
+        from ram_edge.checkpoint_dir import read_checkpoint_dir
+
         self.model_dir = Path(model_dir)
+        # The float checkpoint (weights, labels, config) that the quantized one carries.
+        self.info_float = read_checkpoint_dir(self.model_dir)
         self.qcfg = qcfg
         self.calib = calib
         super().__init__(train_cfg, progress=progress)
@@ -114,7 +118,6 @@ class QATTrainer(Trainer):
         self.dist.barrier()
         graph, info = load_quantized(ptq)
         self.ptq_record = info.source["quantization"]
-        self.info = info
         labels = info.labels
         system = LabelSystem(tags=list(labels.tags), synonyms=[[] for _ in labels.tags], tags_zh=labels.tags_zh,
                              thresholds=labels.thresholds)
@@ -153,13 +156,6 @@ class QATTrainer(Trainer):
                           "tagging_weight": self.qcfg.qat.tagging_weight}},
         )
         return write_quantized(path, self.info_float, record, state, nncf_config, overwrite=True)
-
-    @property
-    def info_float(self):
-        """The float checkpoint's directory info (weights, labels, config) that the quantized one carries."""
-        from ram_edge.checkpoint_dir import read_checkpoint_dir
-
-        return read_checkpoint_dir(self.model_dir)
 
 
 def qat_train_config(qcfg: QuantizeConfig, data: str | Path, run_dir: str | Path) -> TrainConfig:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ram_edge.labels import LabelSet
+from ram_edge.labels import LabelSet, tag_set_f1
 
 KEEP_FLOAT = (1, 3, 5, 10)
 
@@ -52,10 +52,7 @@ def _set(modules, enabled: bool) -> None:
 
 def _movement(reference: np.ndarray, probs: np.ndarray, labels: LabelSet) -> dict[str, float]:
     diff = np.abs(probs - reference)
-    fa, fb = labels.fired(reference), labels.fired(probs)
-    both = (fa & fb).sum(1)
-    either = fa.sum(1) + fb.sum(1)
-    f1 = np.where(either == 0, 1.0, 2 * both / np.maximum(either, 1))
+    f1 = tag_set_f1(labels.fired(reference), labels.fired(probs))
     return {"mean_abs_diff": float(diff.mean()), "max_abs_diff": float(diff.max()), "tag_set_f1": float(f1.mean())}
 
 

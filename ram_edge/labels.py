@@ -98,6 +98,13 @@ def _close_matches(name: str, candidates: list[str], n: int = 3, cutoff: float =
     return [cand for _, _, cand in heapq.nsmallest(n, scored)]
 
 
+def tag_set_f1(fired_a: np.ndarray, fired_b: np.ndarray) -> np.ndarray:
+    """Per-image F1 between two boolean (N, C) tag sets (1 where both are empty): how far two models agree."""
+    both = (fired_a & fired_b).sum(1)
+    either = fired_a.sum(1) + fired_b.sum(1)
+    return np.where(either == 0, 1.0, 2 * both / np.maximum(either, 1))
+
+
 @dataclass(eq=False)
 class LabelSet:
     """The class names (English, optional Chinese) and float32 per-class thresholds of a model."""

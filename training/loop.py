@@ -156,7 +156,6 @@ class Trainer:
         self.skipped = 0
         self.skipped_listed = 0  # lines in skipped_file(); restored on resume so that replayed steps do not repeat
         self._skipped_keys: set[str] = set()  # each unreadable image is listed once, not once per epoch
-        self._bar = None
         self._build_data()
 
     def _build_model(self) -> tuple[torch.nn.Module, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import click
 
@@ -62,9 +63,7 @@ def quantize(model, output, method, calib, calib_size, steps, run_dir, stop_at, 
         from ..quantize.qat import quantization_aware_training
 
         quantization_aware_training(model, output, cfg, calib, data, run_dir=run_dir, overwrite=overwrite, stop_at=stop_at)
-        from pathlib import Path
-
-        if not Path(output).is_dir():  # stopped early with --stop-at: the run resumes
+        if not os.path.isdir(output):  # stopped early with --stop-at: the run resumes
             return
         record = read_checkpoint_dir(output).source["quantization"]
     else:
