@@ -35,7 +35,7 @@ from ram_edge.errors import RamEdgeError
 _MIB = float(1 << 20)
 
 # Distribution whose version describes each built-in backend; plugins fall back to their module's top package.
-_RUNTIME_PACKAGES = {"torch": "torch", "ort": "onnxruntime", "openvino": "openvino"}
+_RUNTIME_PACKAGES = {"torch": "torch", "ort": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}
 
 
 @dataclass
@@ -88,7 +88,15 @@ def _precision(path: Path) -> str:
 
 
 def _dir_size_mb(path: Path) -> float:
-    """Total size of the regular files under `path`."""
+    """Total size of the regular files under `path` (of a TensorRT bundle: the engine, not the ONNX kept to rebuild it)."""
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            if data.get("model_format") == "trt":
+                return (path / data["files"]["model"]).stat().st_size / _MIB
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
     total = 0
     for p in path.rglob("*"):
         if p.is_file() and not p.is_symlink():

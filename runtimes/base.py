@@ -45,6 +45,11 @@ class Runtime(abc.ABC):
         """True when the backend's Python package imports."""
 
     @classmethod
+    def install_hint(cls) -> str | None:
+        """What to install when `is_installed` is False (None: the registry names the pip extra)."""
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def available_devices(cls) -> list[str]:
         """Devices this backend can use on this machine, best first."""

@@ -13,9 +13,10 @@ from ram_edge.errors import RuntimeUnavailableError
 from .base import Runtime
 
 # name -> "module:Class"; order is the `auto` preference among those that support a format.
-# An ONNX bundle goes to onnxruntime first (its native runtime); OpenVINO IR only to OpenVINO.
-# TensorRT registers here (first) once its runtime exists (issue 13); until then nothing claims "trt" bundles.
+# An ONNX bundle goes to onnxruntime first (its native runtime); OpenVINO IR only to OpenVINO; a
+# TensorRT bundle only to TensorRT.
 _REGISTRY: dict[str, str] = {
+    "trt": "ram_edge.runtimes.tensorrt_runtime:TensorRTRuntime",
     "ort": "ram_edge.runtimes.ort_runtime:OrtRuntime",
     "openvino": "ram_edge.runtimes.openvino_runtime:OpenVINORuntime",
     "torch": "ram_edge.runtimes.torch_runtime:TorchRuntime",
@@ -25,9 +26,10 @@ _FORMATS: dict[str, tuple[str, ...]] = {
     "openvino": ("openvino", "onnx"),
     "ort": ("onnx",),
     "torch": ("checkpoint",),
+    "trt": ("trt",),
 }
 # Extra that installs each backend, for error messages.
-_EXTRAS = {"openvino": "openvino", "ort": "ort", "torch": "torch"}
+_EXTRAS = {"openvino": "openvino", "ort": "ort", "torch": "torch", "trt": "trt"}
 
 
 def register(name: str, target: str, formats: tuple[str, ...], extra: str | None = None) -> None:
@@ -56,8 +58,11 @@ def get_runtime_class(name: str) -> type[Runtime]:
         ) from None
     cls = getattr(module, cls_name)
     if not cls.is_installed():
+        # A backend whose packages do not all come from PyPI (TensorRT on a Jetson) says itself what is missing.
+        hint = cls.install_hint()
         raise RuntimeUnavailableError(
-            f"runtime {name!r} is not installed; install it with: pip install 'ram-edge[{_EXTRAS.get(name, name)}]'"
+            f"runtime {name!r} is not installed; "
+            + (hint or f"install it with: pip install 'ram-edge[{_EXTRAS.get(name, name)}]'")
         )
     return cls
 
@@ -82,6 +87,8 @@ def resolve_runtime(name: str, artifact_format: str) -> type[Runtime]:
                 f"no runtime of this ram-edge runs {artifact_format!r} models (runtimes: {', '.join(_REGISTRY)}); "
                 f"export the model as onnx or openvino with `ram-edge export`"
             )
+        if len(candidates) == 1:
+            return get_runtime_class(candidates[0])  # raises with that backend's own install hint
         hint = " or ".join(f"pip install 'ram-edge[{_EXTRAS[c]}]'" for c in candidates)
         raise RuntimeUnavailableError(
             f"no installed runtime can run a {artifact_format!r} model; install one with: {hint}"

@@ -206,17 +206,22 @@ def test_unknown_format_version_is_refused(bundles, tmp_path):
     assert result.exit_code == 2 and "format version 99 is not supported" in result.stderr
 
 
-def test_bundle_that_no_runtime_runs(bundles, tmp_path):
-    """A TensorRT bundle (a format the manifest knows) with no TensorRT runtime built: a clear refusal."""
+def test_trt_bundle_without_tensorrt(bundles, tmp_path):
+    """A TensorRT bundle where TensorRT is not installed: a clear refusal naming what to install."""
     pytest.importorskip("onnxruntime")
+    from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime
+
+    if TensorRTRuntime.is_installed():
+        pytest.skip("TensorRT is installed here")
     bundle = _copy(bundles["ram_tiny", "onnx", "fp32"], tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["model_format"] = "trt"
     (bundle / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RuntimeUnavailableError, match=r"no runtime of this ram-edge runs 'trt' models.*ram-edge export"):
-        Tagger.load(bundle, runtime="auto")
-    with pytest.raises(RuntimeUnavailableError, match=r"unknown runtime 'trt'"):
-        Tagger.load(bundle, runtime="trt")
+    for runtime in ("auto", "trt"):
+        with pytest.raises(RuntimeUnavailableError, match=r"runtime 'trt' is not installed.*ram-edge\[trt\].*JetPack"):
+            Tagger.load(bundle, runtime=runtime)
+    with pytest.raises(RuntimeUnavailableError, match=r"runtime 'ort' cannot run a 'trt' model"):
+        Tagger.load(bundle, runtime="ort")
 
 
 def test_ort_cannot_run_an_openvino_bundle(bundles):

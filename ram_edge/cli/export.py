@@ -1,4 +1,4 @@
-"""`ram-edge export`: checkpoint directory -> validated bundle (ONNX, OpenVINO IR)."""
+"""`ram-edge export`: checkpoint directory -> validated bundle (ONNX, OpenVINO IR); ONNX bundle -> TensorRT engine."""
 
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None
 @click.command()
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle directory to create.")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "openvino", "trt"]), default="onnx", show_default=True,
+              help="trt: a TensorRT engine, built on this GPU from an ONNX bundle (or MODEL's ONNX, exported on the way).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="Stored precision [fp32; int8 for a quantized checkpoint (`ram-edge quantize`), the only one it exports]. "
-                   "int8 for a float checkpoint needs --calib: post-training quantization on the way.")
+                   "int8 for a float checkpoint needs --calib: post-training quantization on the way. "
+                   "trt: the engine's precision [fp16; int8 from an INT8 ONNX bundle or a quantized checkpoint].")
 @click.option("--calib", type=click.Path(), default=None,
               help="With --precision int8 on a float checkpoint: calibration images (a folder of photos or a dataset).")
 @click.option("--calib-size", type=click.IntRange(min=1), default=300, show_default=True, help="Calibration images to use with --calib.")
@@ -37,14 +39,50 @@ def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None
 @click.option("--text-encoder", default=None,
               help="For --vocab: a local CLIP text model directory, or 'minilm' for models trained with MiniLM queries (the default model).")
 @click.option("--vocab-threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Threshold for --vocab tags [official open-set default].")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="trt: largest batch of the engine's optimization profile [8].")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+              help="trt: the batch TensorRT tunes its kernels for [1: a camera; give --max-batch for throughput].")
+@click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=None,
+              help="trt: builder workspace in MB [TensorRT's default: the device's memory].")
+@click.option("--dla-core", type=click.IntRange(min=0), default=None,
+              help="trt on Jetson AGX/NX: run on this DLA core, with GPU fallback for the layers it cannot run.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="trt: timing cache file, read and updated [~/.cache/ram-edge/tensorrt/, per TensorRT version and GPU].")
+@click.option("--device", default=None, help="trt: the GPU to build on, cuda or cuda:N [cuda].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vocab, text_encoder, vocab_threshold, overwrite,
-           as_json) -> None:
-    """Export MODEL (a checkpoint directory) to a bundle with precomputed label queries."""
+def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vocab, text_encoder, vocab_threshold, max_batch,
+           opt_batch, workspace_mb, dla_core, timing_cache, device, overwrite, as_json) -> None:
+    """Export MODEL (a checkpoint directory) to a bundle with precomputed label queries.
+
+    With --format trt, MODEL may also be an ONNX bundle (or a TensorRT bundle, to rebuild its engine
+    for this GPU from the ONNX it keeps).
+    """
     from ..export.writer import export_bundle
 
     names = _read_tag_names(tags, tags_file)
+    trt_only = {"--max-batch": max_batch is not None, "--opt-batch": opt_batch is not None, "--workspace": workspace_mb is not None,
+                "--dla-core": dla_core is not None, "--timing-cache": timing_cache is not None, "--device": device is not None}
+    if fmt != "trt" and any(trt_only.values()):
+        raise click.UsageError(f"{', '.join(k for k, v in trt_only.items() if v)} only apply to --format trt")
+    if fmt == "trt":
+        from ..export.tensorrt_format import TrtBuildOptions
+
+        max_batch, opt_batch = max_batch or 8, opt_batch or 1
+        if opt_batch > max_batch:
+            raise click.UsageError(f"--opt-batch {opt_batch} is larger than --max-batch {max_batch}")
+        options = TrtBuildOptions(precision=precision or "fp16", max_batch=max_batch, opt_batch=opt_batch,
+                                  workspace_mb=workspace_mb, dla_core=dla_core, timing_cache=timing_cache)
+        manifest = _export_trt(model, output, options, names, vocab, text_encoder, vocab_threshold, calib, calib_size, device,
+                               overwrite)
+        if as_json:
+            click.echo(json.dumps(manifest, ensure_ascii=False))
+        else:
+            from ..export.tensorrt_format import summary
+
+            click.echo(f"wrote {output}: {summary(manifest)}")
+        return
     if calib is not None:
         if precision != "int8":
             raise click.UsageError("--calib is for --precision int8 (post-training quantization on the way)")
@@ -62,6 +100,45 @@ def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vo
         vocab_data = _vocab_embeddings(model, vocab, text_encoder, vocab_threshold)
     manifest = export_bundle(model, output, fmt=fmt, precision=precision, tags=names, vocab=vocab_data, overwrite=overwrite)
     _report(manifest, output, fmt, as_json)
+
+
+def _export_trt(model: str, output: str, options, names, vocab, text_encoder, vocab_threshold, calib, calib_size, device,
+                overwrite: bool) -> dict:
+    """A TensorRT bundle from an ONNX/TensorRT bundle, or from a checkpoint through a temporary ONNX bundle."""
+    import tempfile
+    from pathlib import Path
+
+    from ..export.tensorrt_format import build_trt_bundle
+    from ..fileio import refuse_existing
+    from ..runtimes.tensorrt_runtime import TensorRTRuntime
+
+    if not TensorRTRuntime.is_installed():
+        raise RamEdgeError(f"--format trt needs TensorRT on this machine: {TensorRTRuntime.install_hint()}")
+    if (Path(model) / "manifest.json").is_file():
+        if names or vocab or calib:
+            raise click.UsageError("a bundle's label set and precision are fixed: --tags, --vocab and --calib apply when MODEL is a "
+                                   "checkpoint directory")
+        return build_trt_bundle(model, output, options, device=device, overwrite=overwrite)
+    refuse_existing(output, overwrite)  # before the ONNX export and the engine build
+    with tempfile.TemporaryDirectory(prefix="ram-edge-trt-") as tmp:
+        onnx_bundle = str(Path(tmp) / "onnx")
+        if calib is not None:
+            if options.precision != "int8":
+                raise click.UsageError("--calib is for --precision int8 (post-training quantization on the way)")
+            _export_int8_via_ptq(model, onnx_bundle, "onnx", calib, calib_size, False)
+        else:
+            from ..checkpoint_dir import is_quantized, read_checkpoint_dir
+            from ..export.writer import export_bundle
+
+            quantized = is_quantized(read_checkpoint_dir(model))
+            if options.precision == "int8" and not quantized:
+                raise RamEdgeError(f"--format trt --precision int8 needs quantized activations: pass --calib PHOTOS/ (post-training "
+                                   f"quantization on the way) or a checkpoint from `ram-edge quantize {model} -o Q --calib PHOTOS/`")
+            if options.precision != "int8" and quantized:
+                raise RamEdgeError(f"{model} is quantized: build --precision int8 from it, or fp16 from the float checkpoint")
+            vocab_data = _vocab_embeddings(model, vocab, text_encoder, vocab_threshold) if vocab else None
+            export_bundle(model, onnx_bundle, fmt="onnx", precision="int8" if quantized else "fp32", tags=names, vocab=vocab_data)
+        return build_trt_bundle(onnx_bundle, output, options, device=device, overwrite=overwrite)
 
 
 def _export_int8_via_ptq(model: str, output: str, fmt: str, calib: str, calib_size: int, overwrite: bool) -> dict:
