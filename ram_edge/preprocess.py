@@ -163,15 +163,26 @@ def _open_path(path: Path, exif_transpose: bool, max_pixels: int | None) -> Imag
         raise ImageError(f"{path}: truncated or corrupt image data ({type(exc).__name__}: {exc})") from None
 
 
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
 def load_image(
-    source: ImageSource, *, exif_transpose: bool = True, max_pixels: int | None = None
+    source: ImageSource, *, exif_transpose: bool = True, max_pixels: int | None = None, channels: str = "rgb"
 ) -> Image.Image:
-    """Load a path, PIL image or uint8 array as a fully decoded RGB PIL image."""
+    """Load a path, PIL image or uint8 array as a fully decoded RGB PIL image.
+
+    `channels` ('rgb' or 'bgr', OpenCV's order) says how a uint8 HxWx3 / HxWx4 array is ordered;
+    arrays may have any strides (a crop, a row-padded camera buffer) and are never modified.
+    """
     if max_pixels is not None and (isinstance(max_pixels, bool) or int(max_pixels) < 1):
         raise ImageError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+    if channels not in CHANNEL_ORDERS:
+        raise ImageError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
     if isinstance(source, (str, os.PathLike)):
         return _open_path(Path(source), exif_transpose, max_pixels)
     if isinstance(source, np.ndarray):
+        if channels == "bgr" and source.ndim == 3 and source.shape[2] in (3, 4):
+            source = source[:, :, 2::-1]  # a view; _array_to_image makes the contiguous copy it needs anyway
         return _to_rgb(_array_to_image(source, max_pixels), f"array image of shape {source.shape}")
     if isinstance(source, Image.Image):
         where = f"PIL image ({source.mode}, {source.size[0]}x{source.size[1]})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from .artifacts import ArtifactInfo, describe
 from .errors import RamEdgeError
 from .labels import LabelSet
 from .preprocess import load_image, preprocess
+
+if TYPE_CHECKING:
+    from .stream import TagStream
 
 ImageInput = Any  # str | Path | PIL.Image.Image | np.ndarray (uint8 HxWx3)
 
@@ -100,10 +103,14 @@ class Tagger:
         """The model's tag names, in label-file order."""
         return list(self.labels.tags)
 
-    def load_images(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Decode and preprocess images into one (N, 3, S, S) float32 batch (raises on a bad image)."""
+    def load_images(self, images: Sequence[ImageInput], *, channels: str = "rgb") -> np.ndarray:
+        """Decode and preprocess images into one (N, 3, S, S) float32 batch (raises on a bad image).
+
+        `channels`: 'rgb' or 'bgr' (OpenCV) for uint8 HxWx3 arrays; paths and PIL images are decoded as they are.
+        """
         batch = [
-            preprocess(load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels), self.info.preprocess)
+            preprocess(load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels, channels=channels),
+                       self.info.preprocess)
             for img in images
         ]
         return np.stack(batch) if batch else np.zeros((0, 3, self.info.preprocess.image_size, self.info.preprocess.image_size), np.float32)
@@ -117,9 +124,9 @@ class Tagger:
         with self._lock:
             return self.runtime.run(batch)
 
-    def scores(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Probabilities (N, C) for images (paths, PIL images or uint8 arrays)."""
-        return self.predict(self.load_images(images))
+    def scores(self, images: Sequence[ImageInput], *, channels: str = "rgb") -> np.ndarray:
+        """Probabilities (N, C) for images (paths, PIL images or uint8 arrays in `channels` order)."""
+        return self.predict(self.load_images(images, channels=channels))
 
     def decode(
         self, probs: np.ndarray, images: Sequence[ImageInput] | None = None, *, threshold: float | None = None, top_k: int | None = None
@@ -134,12 +141,51 @@ class Tagger:
         return results
 
     def tag(
-        self, images: ImageInput | Iterable[ImageInput], *, threshold: float | None = None, top_k: int | None = None
+        self, images: ImageInput | Iterable[ImageInput], *, threshold: float | None = None, top_k: int | None = None,
+        channels: str = "rgb",
     ) -> list[TagResult]:
-        """Tag one image or many; raises on the first bad image (see `tag_many` for per-image errors)."""
+        """Tag one image or many; raises on the first bad image (see `tag_many` for per-image errors).
+
+        Safe to call from many threads at once: a runtime that is not thread-safe is serialised by a lock,
+        and every runtime releases the GIL while it computes.
+        """
         if not isinstance(images, (list, tuple)):
             images = [images]
-        return self.decode(self.scores(images), images, threshold=threshold, top_k=top_k)
+        return self.decode(self.scores(images, channels=channels), images, threshold=threshold, top_k=top_k)
+
+    def tag_pixels(self, pixels: Any, height: int, width: int, *, row_stride: int | None = None, channels: str = "rgb",
+                   threshold: float | None = None, top_k: int | None = None) -> TagResult:
+        """Tag one uint8 image in a buffer the caller owns (a C++ host's memory through the buffer protocol), without a copy.
+
+        `pixels`: any object with the buffer protocol (memoryview, bytes, numpy array) holding `height` rows of
+        `width` 3-byte pixels, each row `row_stride` bytes apart (default 3 * width); `channels`: 'rgb' or 'bgr'.
+        """
+        from .errors import ImageError
+
+        stride = 3 * int(width) if row_stride is None else int(row_stride)
+        view = memoryview(pixels).cast("B")
+        if height < 1 or width < 1 or stride < 3 * width:
+            raise ImageError(f"pixel buffer: bad geometry {width}x{height} with row stride {stride} (needs >= {3 * width})")
+        needed = stride * (height - 1) + 3 * width
+        if view.nbytes < needed:
+            raise ImageError(f"pixel buffer of {view.nbytes} bytes is too small for {width}x{height} RGB with row stride {stride} "
+                             f"(needs {needed})")
+        array = np.ndarray((height, width, 3), dtype=np.uint8, buffer=view, strides=(stride, 3, 1))
+        return self.tag([array], threshold=threshold, top_k=top_k, channels=channels)[0]
+
+    def stream(self, source: Any, *, every: int | None = None, fps: float | None = None, max_frames: int | None = None,
+               realtime: bool | None = None, threshold: float | None = None, top_k: int | None = None,
+               reconnect_attempts: int = 5) -> "TagStream":
+        """Tag the frames of a video file, camera (index or /dev/videoN), RTSP/HTTP URL or GStreamer pipeline.
+
+        Iterate over the returned stream for `StreamResult`s (frame index, time in seconds, `TagResult`);
+        its `stats` count frames read, tagged, skipped, dropped. Live sources keep only the newest frame
+        when tagging is slower than the source; `every` / `fps` choose which frames to tag. Needs OpenCV.
+        """
+        from .stream import FrameReader, TagStream
+
+        reader = FrameReader(source, every=every, fps=fps, realtime=realtime, reconnect_attempts=reconnect_attempts)
+        return TagStream(self, reader, threshold=threshold, top_k=top_k, max_frames=max_frames)
 
     def tag_many(
         self,
@@ -149,6 +195,7 @@ class Tagger:
         threshold: float | None = None,
         top_k: int | None = None,
         progress: Any = None,
+        channels: str = "rgb",
     ) -> tuple[list[TagResult], np.ndarray]:
         """Tag images in batches, recording a per-image error instead of raising; returns
         the results and the (N, C) probability matrix (NaN rows for failed images)."""
@@ -161,7 +208,7 @@ class Tagger:
             arrays, ok_rows = [], []
             for offset, img in enumerate(chunk):
                 try:
-                    image = load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
+                    image = load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels, channels=channels)
                     arrays.append(preprocess(image, self.info.preprocess))
                     ok_rows.append(offset)
                 except RamEdgeError as exc:

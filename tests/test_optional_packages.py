@@ -57,6 +57,7 @@ CASES = {
     "labels": (["labels", "build", "captions.txt", "--top-n", "2", "--min-count", "1", "-o", "built.tsv"], None),
     "parse": (["parse", "captions.txt", "--labels", "labels.tsv"], None),
     "quantize": (["quantize", str(ASSETS / "checkpoint"), "-o", "out", "--method", "weights"], "train"),
+    "watch": (["watch", str(ASSETS / "examples" / "scene-1.png")], "video"),
 }
 
 

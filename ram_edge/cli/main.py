@@ -29,6 +29,7 @@ COMMANDS = {
     "train": "ram_edge.cli.train:train",
     "eval": "ram_edge.cli.eval:eval_command",
     "quantize": "ram_edge.cli.quantize:quantize",
+    "watch": "ram_edge.cli.watch:watch",
 }
 
 

@@ -1,0 +1,218 @@
+"""`ram-edge watch` and `Tagger.stream`: a generated video of the default model's example scenes, frame
+selection, newest-frame-wins under a slow runtime, SIGTERM, reconnection of a lost live source, bad
+sources; and `Tagger` on BGR / strided arrays and caller-owned pixel buffers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+cv2 = pytest.importorskip("cv2", reason="the video extra is needed: pip install 'ram-edge[video]'")
+pytest.importorskip("onnxruntime", reason="the ort extra is needed: pip install 'ram-edge[ort]'")
+
+from PIL import Image  # noqa: E402
+
+from ram_edge import Tagger  # noqa: E402
+from ram_edge.cli.main import cli  # noqa: E402
+from ram_edge.default_model import default_model_path  # noqa: E402
+from ram_edge.errors import ImageError, StreamError  # noqa: E402
+from ram_edge.stream import FrameReader, parse_source  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "ram_edge" / "assets" / "default_model" / "examples"
+KNOWN = json.loads((EXAMPLES / "examples.json").read_text())
+SCENES = sorted(KNOWN)
+REPEAT, FPS = 3, 10
+
+
+def write_video(path: Path, repeat: int = REPEAT, loops: int = 1) -> Path:
+    """MJPG AVI at 10 fps: each example scene for `repeat` frames, `loops` times over."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (160, 160))
+    assert writer.isOpened()
+    for _ in range(loops):
+        for name in SCENES:
+            bgr = np.ascontiguousarray(np.asarray(Image.open(EXAMPLES / name).convert("RGB"))[:, :, ::-1])
+            for _ in range(repeat):
+                writer.write(bgr)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "scenes.avi")
+
+
+@pytest.fixture(scope="module")
+def tagger():
+    with Tagger.load(default_model_path(), runtime="ort") as t:
+        yield t
+
+
+def decoded_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_watch_every_n_frames_gives_the_scene_tags(video, tagger):
+    result = _run("watch", video, "--every", REPEAT, "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["frame"] for r in rows] == list(range(0, len(SCENES) * REPEAT, REPEAT))
+    assert [r["time"] for r in rows] == pytest.approx([i / FPS for i in range(0, len(SCENES) * REPEAT, REPEAT)])
+    frames = decoded_frames(video)
+    for row, name in zip(rows, SCENES):
+        names = [t["tag"] for t in row["tags"]]
+        assert set(KNOWN[name]) & set(names), (name, names)  # what the scene shows
+        expected = tagger.tag([frames[row["frame"]]], channels="bgr")[0].to_dict()["tags"]
+        assert row["tags"] == expected  # the same tag objects as `tag --json` on the same pixels
+    assert "18 frame(s) read, 6 tagged, 12 skipped" in result.stderr
+
+
+def test_stream_api_fps_and_max_frames(video, tagger):
+    stream = tagger.stream(video, fps=2)
+    items = list(stream)
+    assert [i.frame for i in items] == [0, 5, 10, 15]
+    assert stream.stats.read == 18 and stream.stats.tagged == 4 and stream.stats.dropped == 0
+    assert items[1].to_dict()["time"] == 0.5 and set(items[0].to_dict()) == {"frame", "time", "tags"}
+    assert [i.frame for i in tagger.stream(video, max_frames=2)] == [0, 1]
+    with pytest.raises(StreamError, match="not both"):
+        tagger.stream(video, every=2, fps=1)
+
+
+class SlowRuntime:
+    """A real runtime (onnxruntime) made deliberately slower than the video's frame rate."""
+
+    thread_safe = False
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay, self.calls = inner, delay, 0
+
+    def run(self, batch):
+        self.calls += 1
+        time.sleep(self.delay)
+        return self.inner.run(batch)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_slow_tagging_drops_frames_instead_of_queueing(video):
+    from ram_edge.artifacts import describe
+    from ram_edge.runtimes.ort_runtime import OrtRuntime
+
+    path = default_model_path()
+    slow = Tagger(describe(path), SlowRuntime(OrtRuntime(path), delay=0.25))
+    stream = slow.stream(video, realtime=True)  # the file at its 10 fps, like a camera
+    started = time.monotonic()
+    items = list(stream)
+    elapsed = time.monotonic() - started
+    stats = stream.stats
+    assert stats.read == 18 and stats.dropped > 0 and stats.max_pending == 1
+    assert stats.read == stats.tagged + stats.dropped + stats.skipped + stats.errors
+    indices = [i.frame for i in items]
+    assert indices == sorted(indices) and len(indices) == stats.tagged < 18
+    # Queued frames would take 18 x 0.25 s; dropping keeps up with the 1.8 s video (plus the last frame's tagging).
+    assert elapsed < 18 * 0.25
+
+
+def test_sigterm_ends_watch_cleanly_with_a_summary(tmp_path):
+    long_video = write_video(tmp_path / "long.avi", repeat=10, loops=2)  # 12 s at 10 fps
+    proc = subprocess.Popen([sys.executable, "-m", "ram_edge.cli.main", "watch", str(long_video), "--realtime", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert json.loads(first)["frame"] == 0
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "frame(s) read" in err
+    read = int(err.split("frame(s) read")[0].split()[-1])
+    assert read < 120  # ended early, not at the end of the video
+
+
+def test_lost_live_source_is_reopened_then_given_up(video, tmp_path):
+    source = shutil.copy(video, tmp_path / "camera.avi")
+    reader = FrameReader(source, live=True, reconnect_attempts=2, backoff=(0.01, 0.02))
+    seen = 0
+    with pytest.raises(StreamError, match="lost video source .* after 2 attempt"):
+        with reader:
+            for _ in reader.frames():
+                seen += 1
+                if reader.stats.reconnects >= 1 and Path(source).exists():
+                    os.remove(source)  # the camera goes away for good
+    assert seen > 0 and reader.stats.reconnects >= 2 and reader.stats.read > 18
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda p: p / "missing.mp4", "does not exist"),
+    (lambda p: p, "is a folder"),
+    (lambda p: (p / "noise.mp4").write_bytes(os.urandom(4096)) and p / "noise.mp4", "cannot open video source"),
+    (lambda p: (p / "empty.avi").write_bytes(b"") or p / "empty.avi", "cannot open video source"),
+    (lambda p: "/dev/video99", "no such camera"),
+])
+def test_bad_sources_are_one_clear_error(tmp_path, make, needle):
+    source = make(tmp_path)
+    started = time.monotonic()
+    result = _run("watch", source)
+    assert result.exit_code == 2 and needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and time.monotonic() - started < 30
+
+
+def test_parse_source_kinds(video):
+    assert parse_source("0").kind == "camera" and parse_source(2).target == 2
+    assert parse_source("/dev/video1").kind == "camera"
+    assert parse_source("rtsp://cam.local/stream").kind == "url" and parse_source("rtsp://x").live
+    pipeline = "nvarguscamerasrc ! video/x-raw(memory:NVMM), width=1280, height=720 ! nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! appsink"
+    assert parse_source(pipeline).kind == "gstreamer"
+    assert parse_source(str(video)).kind == "file" and not parse_source(str(video)).live
+
+
+# ---- Tagger on arrays and caller-owned buffers --------------------------------------------------
+
+def test_bgr_and_strided_arrays_equal_the_file(tagger):
+    path = EXAMPLES / SCENES[1]
+    expected = tagger.tag([path])[0].tags
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    assert tagger.tag([rgb])[0].tags == expected
+    assert tagger.tag([np.ascontiguousarray(rgb[:, :, ::-1])], channels="bgr")[0].tags == expected
+    padded = np.zeros((160, 200, 4), np.uint8)  # a row-padded RGBA-like buffer: the RGB view has odd strides
+    padded[:, :160, :3] = rgb
+    view = padded[:, :160, :3]
+    assert not view.flags.c_contiguous and tagger.tag([view])[0].tags == expected
+    with pytest.raises(ImageError, match="channels"):
+        tagger.tag([rgb], channels="rgba")
+
+
+def test_tag_pixels_reads_a_buffer_without_copying(tagger):
+    path = EXAMPLES / SCENES[2]
+    expected = tagger.tag([path])[0].tags
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    stride = 160 * 3 + 64  # rows padded, as camera buffers often are
+    buffer = bytearray(stride * 160)
+    rows = np.ndarray((160, stride), np.uint8, buffer=buffer)
+    rows[:, : 160 * 3] = rgb[:, :, ::-1].reshape(160, -1)  # BGR, like OpenCV
+    assert tagger.tag_pixels(memoryview(buffer), 160, 160, row_stride=stride, channels="bgr").tags == expected
+    with pytest.raises(ImageError, match="too small"):
+        tagger.tag_pixels(memoryview(buffer)[:1000], 160, 160, row_stride=stride)
+    with pytest.raises(ImageError, match="bad geometry"):
+        tagger.tag_pixels(buffer, 160, 160, row_stride=100)
