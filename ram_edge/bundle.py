@@ -91,11 +91,14 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
             outputs=list(data["io"]["outputs"]),
             manifest=data,
         )
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{manifest_path}: manifest is missing or has a malformed field ({exc}); re-export the bundle") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{manifest_path}: manifest is missing or has a malformed field ({type(exc).__name__}: {exc}); "
+                          f"re-export the bundle") from None
     except (ConfigError, LabelError) as exc:
         raise BundleError(f"{manifest_path}: {exc}") from None
     for name in sorted(set(files.values())):
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise BundleError(f"{manifest_path}: file name {name!r} is not a plain file name inside the bundle; re-export the bundle")
         file_path = path / name
         if not file_path.is_file():
             raise BundleError(f"{path}: file {name!r} listed in the manifest is missing; re-export the bundle")

@@ -21,10 +21,19 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(names)}")
+    for f in dataclasses.fields(cls):
+        expected = _SIMPLE_TYPES.get(str(f.type))
+        value = data.get(f.name)
+        if f.name in data and expected and not (isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)):
+            raise ConfigError(f"{where}: field {f.name!r} must be {str(f.type)}, got {value!r}")
     try:
         return cls(**data)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a wrong type (ValueError: int("deep") in a conversion)
         raise ConfigError(f"{where}: {exc}") from None
+
+
+# Annotations checked before construction: a config read from JSON may hold any type.
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 
 
 @dataclass

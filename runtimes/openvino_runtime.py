@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from ram_edge.bundle import read_bundle
-from ram_edge.errors import RuntimeUnavailableError
+from ram_edge.errors import BundleError, RuntimeUnavailableError
 
 from .base import Runtime, normalize_compute_precision
 
@@ -90,10 +90,15 @@ class OpenVINORuntime(Runtime):
         # Lazy: compilation is the slow part and only happens on first use.
         with self._lock:
             if self._compiled is None:
-                model = self._core.read_model(str(self._model_path))
-                self._compiled = self._core.compile_model(model, self._device, self._config)
-                self._request = self._compiled.create_infer_request()
-                self._output = self._compiled.output(self.bundle.output_name)
+                try:
+                    model = self._core.read_model(str(self._model_path))
+                    self._compiled = self._core.compile_model(model, self._device, self._config)
+                    self._request = self._compiled.create_infer_request()
+                    self._output = self._compiled.output(self.bundle.output_name)
+                except Exception as exc:  # OpenVINO raises RuntimeError with its C++ trace for a damaged model
+                    self._compiled = None
+                    raise BundleError(f"{self._model_path}: OpenVINO cannot load the model on {self._device} "
+                                      f"({_first_line(exc)}); re-export the bundle") from None
 
     @property
     def device(self) -> str:
@@ -117,5 +122,16 @@ class OpenVINORuntime(Runtime):
         if self._compiled is None:
             self._compile()
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        result = self._request.infer({self.bundle.input_name: batch})
+        try:
+            result = self._request.infer({self.bundle.input_name: batch})
+        except Exception as exc:
+            raise RuntimeUnavailableError(f"OpenVINO failed on a batch of shape {batch.shape} with {self.bundle.path} "
+                                          f"({_first_line(exc)})") from None
         return np.array(result[self._output], dtype=np.float32, copy=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The meaningful line of an OpenVINO error (its message starts with C++ source locations)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))] or lines or [""]
+    return f"{type(exc).__name__}: {useful[-1][:300]}"

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from ram_edge.bundle import read_bundle
-from ram_edge.errors import RuntimeUnavailableError
+from ram_edge.errors import BundleError, RuntimeUnavailableError
 
 from .base import Runtime, normalize_compute_precision
 
@@ -79,7 +79,11 @@ class OrtRuntime(Runtime):
             # model: 38 against 18.6 ms/image for fp32); with it the weights are dequantized once, at load.
             options.add_session_config_entry("session.disable_quant_qdq", "1")
         providers = [DEVICE_PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
-        self.session = ort.InferenceSession(str(self.bundle.file("model")), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(self.bundle.file("model")), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph, ...)
+            raise BundleError(f"{self.bundle.file('model')}: onnxruntime cannot load the model "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); re-export the bundle") from None
         used = self.session.get_providers()
         if used[0] != DEVICE_PROVIDERS[device]:
             raise RuntimeUnavailableError(
@@ -102,4 +106,8 @@ class OrtRuntime(Runtime):
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for a preprocessed batch."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run([self._output], {self._input: batch})[0].astype(np.float32, copy=False)
+        try:
+            return self.session.run([self._output], {self._input: batch})[0].astype(np.float32, copy=False)
+        except Exception as exc:  # a graph that loads but cannot run (a damaged constant, a wrong input shape)
+            raise RuntimeUnavailableError(f"onnxruntime failed on a batch of shape {batch.shape} with {self.bundle.path} "
+                                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -43,15 +44,32 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
 
     from ..default_model import default_model_path
 
+    from ..preprocess import IMAGE_EXTENSIONS
+    from ..tagger import TagResult
+
     model = model or default_model_path()
-    files = iter_image_files(images)
+    # Every argument is accounted for: a folder without images is reported like a bad file, not skipped.
+    empty_folders = [TagResult(str(arg), error=f"{arg}: folder holds no image files "
+                                                f"({', '.join(sorted(IMAGE_EXTENSIONS))}, searched recursively)")
+                     for arg in images if Path(arg).is_dir() and not iter_image_files([arg])]
+    files = iter_image_files([arg for arg in images if not (Path(arg).is_dir() and not iter_image_files([arg]))])
     if not files:
-        raise click.UsageError(f"no image files found in: {', '.join(images)}")
+        _report(empty_folders, as_json, chinese)
+        sys.exit(1)
     tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads, compute_precision=compute_precision,
                          exif_transpose=not no_exif_transpose)
     sources = [str(f) for f in files]
     with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None, leave=False) as bar:
         results, probs = tagger.tag_many(sources, batch_size=batch_size, threshold=threshold, top_k=top_k, progress=bar)
+    if scores_out:
+        with atomic_file(scores_out, "wb") as fh:
+            np.save(fh, probs.astype(np.float32))
+    if _report(results + empty_folders, as_json, chinese):
+        sys.exit(1)
+
+
+def _report(results, as_json: bool, chinese: bool) -> int:
+    """Print results (errors on stderr unless --json); returns how many failed, after saying so."""
     failed = 0
     for result in results:
         if as_json:
@@ -62,9 +80,6 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
             failed += 1
             if not as_json:
                 click.echo(f"error: {result.error}", err=True)
-    if scores_out:
-        with atomic_file(scores_out, "wb") as fh:
-            np.save(fh, probs.astype(np.float32))
     if failed:
-        click.echo(f"{failed} of {len(results)} image(s) failed", err=True)
-        sys.exit(1)
+        click.echo(f"{failed} of {len(results)} input(s) failed", err=True)
+    return failed
