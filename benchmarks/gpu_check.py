@@ -31,6 +31,8 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
+from .harness import map_on_tag_names
+
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"int8_speedup_b8": 3.0, "default_map_drop": 0.5}
 BATCHES = (1, 8)
@@ -104,18 +106,6 @@ def _test_split(work: Path, count: int, preprocess_cfg) -> tuple[np.ndarray, lis
     return images, [r["tags"] for r in rows]
 
 
-def _map(probs: np.ndarray, tags: list[str], truth: list[list[str]]) -> float:
-    from ram_edge.training.metrics import mean_average_precision
-
-    index = {t: i for i, t in enumerate(tags)}
-    targets = np.zeros(probs.shape, np.float32)
-    for i, names in enumerate(truth):
-        for name in names:
-            if name in index:
-                targets[i, index[name]] = 1
-    return 100 * mean_average_precision(probs, targets)
-
-
 def check_default_model(work: Path, test_count: int) -> list[dict[str, Any]]:
     """fp16 and INT8 engines of the shipped default model against onnxruntime CPU on its test split."""
     from ram_edge.bundle import read_bundle
@@ -146,7 +136,7 @@ def check_default_model(work: Path, test_count: int) -> list[dict[str, Any]]:
                                "max_abs_diff_vs_fp32": float(np.abs(probs - reference).max()),
                                "agreement_vs_fp32": float(tag_set_f1(labels.fired(probs), labels.fired(reference)).mean())}
         if truth is not None:
-            row["mAP"] = _map(probs, labels.tags, truth)
+            row["mAP"] = map_on_tag_names(probs, labels.tags, truth)
         rows.append(row)
         _log(f"default model {name}: {row}")
     return rows

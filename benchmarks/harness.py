@@ -172,6 +172,19 @@ def cpu_features() -> dict[str, Any]:
             "bf16": "BF16" in capabilities, "openvino_capabilities": capabilities}
 
 
+def map_on_tag_names(probs: np.ndarray, tags: list[str], truth: list[list[str]]) -> float:
+    """mAP (in %) of `probs` (N, len(tags)) against per-image true tag names (names outside `tags` ignored)."""
+    from ram_edge.training.metrics import mean_average_precision
+
+    index = {t: i for i, t in enumerate(tags)}
+    targets = np.zeros(probs.shape, np.float32)
+    for i, names in enumerate(truth):
+        for name in names:
+            if name in index:
+                targets[i, index[name]] = 1
+    return 100 * mean_average_precision(probs, targets)
+
+
 def bundle_model_mb(bundle: str | Path) -> float:
     """Size of the model files a bundle's manifest lists (not the manifest), in MB (10^6 bytes)."""
     bundle = Path(bundle)

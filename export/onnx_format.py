@@ -38,9 +38,11 @@ def to_fp16(path: Path) -> None:
     model = onnx.load(str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per weight too small for fp16: noise
-        # LayerNorm/Softmax statistics in fp16 lose too much; keep those ops in float32.
+        # LayerNorm/Softmax statistics in fp16 lose too much; keep those ops in float32. Identity too: the
+        # exporter emits Identity copies of shared weights (a LayerNorm bias used twice), and a converted one
+        # would feed an fp16 tensor to a float32 LayerNormalization, which onnxruntime refuses to load.
         model = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=["LayerNormalization", "ReduceMean", "Softmax"]
+            model, keep_io_types=True, op_block_list=["LayerNormalization", "ReduceMean", "Softmax", "Identity"]
         )
     onnx.save(model, str(path))
 

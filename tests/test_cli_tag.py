@@ -111,7 +111,8 @@ def test_core_import_does_not_load_torch_or_onnx():
 
     code = (
         "import sys, ram_edge; from ram_edge import Tagger; import ram_edge.cli.main, ram_edge.runtimes, "
-        "ram_edge.labels, ram_edge.preprocess, ram_edge.artifacts, ram_edge.checkpoint_dir;"
+        "ram_edge.labels, ram_edge.preprocess, ram_edge.artifacts, ram_edge.checkpoint_dir, ram_edge.stream, ram_edge.batching, "
+        "ram_edge.cli.watch, ram_edge.runtimes.tensorrt_runtime, ram_edge.runtimes.cuda_memory;"
         "bad = [m for m in ('torch', 'onnx', 'onnxruntime', 'openvino', 'nncf') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

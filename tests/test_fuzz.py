@@ -118,6 +118,7 @@ def tagger():
         yield t
 
 
+@pytest.mark.slow
 def test_five_hundred_bad_images_never_crash(bad_folder, tagger):
     _, paths = bad_folder
     assert len(paths) >= 500
@@ -227,6 +228,7 @@ def _expect_clean_refusal(load, what: str) -> None:
         pytest.fail(f"{what}: {type(exc).__name__} instead of a clear ram-edge error: {exc}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, runtime", [("bundle", "ort"), ("bundle_fp32", "openvino")])
 def test_corrupted_bundles_are_refused_clearly(kind, runtime, tmp_path):
     pytest.importorskip(runtime if runtime != "ort" else "onnxruntime")
@@ -274,6 +276,7 @@ CHECKPOINT_EDITS = {
 }
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoints_are_refused_clearly(tmp_path):
     pytest.importorskip("torch")
     source = default_model_path("checkpoint")

@@ -24,6 +24,7 @@ RUNTIMES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime, kind", RUNTIMES)
 def test_eight_threads_give_the_serial_results(runtime, kind):
     with Tagger.load(default_model_path(kind), runtime=runtime) as tagger:

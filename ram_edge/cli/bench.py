@@ -36,7 +36,13 @@ def _human(r) -> list[str]:
 
 
 @click.command()
-@click.argument("model", type=click.Path())
+@click.argument("model", type=click.Path(), required=False)
+@click.option("--suite", "suite_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Run a benchmark suite (YAML: models x runtimes x precisions x batches x tag counts) instead of one MODEL.")
+@click.option("-o", "--output", "report_dir", type=click.Path(file_okay=False), default="bench-reports", show_default=True,
+              help="With --suite: where the report (<machine>-<suite>-<date>.md/.json) and its PNG plots go.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="With --suite: where exported bundles are kept between runs [~/.cache/ram-edge/bench/<suite>].")
 @click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
 @click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU, NPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Images per run call.")
@@ -46,9 +52,22 @@ def _human(r) -> list[str]:
 @compute_precision_option
 @click.option("--images", "images", type=click.Path(exists=True, file_okay=False), default=None, help="Benchmark on these images (cycled to fill the batch) instead of random input.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every number.")
-def bench(model, runtime, device, batch_size, iters, warmup, threads, compute_precision, images, as_json) -> None:
-    """Benchmark MODEL (checkpoint directory or bundle): load time, latency, throughput, memory."""
+def bench(model, suite_file, report_dir, workdir, runtime, device, batch_size, iters, warmup, threads, compute_precision, images,
+          as_json) -> None:
+    """Benchmark MODEL (checkpoint directory or bundle): load time, latency, throughput, memory.
+
+    With --suite FILE.yaml: the whole matrix the file describes, each cell in a fresh process, written
+    as a markdown + JSON report with plots (see benchmarks/suites/ for examples).
+    """
     from ..benchmarks.harness import run_benchmark
+
+    if suite_file:
+        if model:
+            raise click.UsageError("give MODEL or --suite, not both (the suite file names its models)")
+        _run_suite(suite_file, report_dir, workdir, as_json)
+        return
+    if not model:
+        raise click.UsageError("give MODEL (a checkpoint directory or bundle) or --suite FILE.yaml")
 
     result = run_benchmark(
         model, runtime=runtime, device=device, batch_size=batch_size, iters=iters, warmup=warmup,
@@ -59,3 +78,23 @@ def bench(model, runtime, device, batch_size, iters, warmup, threads, compute_pr
     else:
         for line in _human(result):
             click.echo(line)
+
+
+def _run_suite(suite_file: str, report_dir: str, workdir: str | None, as_json: bool) -> None:
+    import os
+    from pathlib import Path
+
+    from ..benchmarks.suite import Suite, SuiteConfig
+
+    config = SuiteConfig.load(suite_file)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ram-edge" / "bench" / config.name
+    command = f"ram-edge bench --suite {suite_file} -o {report_dir}" + (f" --workdir {workdir}" if workdir else "")
+    result = Suite(config, Path(workdir) if workdir else cache, Path(report_dir), command=command).run()
+    if as_json:
+        click.echo(json.dumps({"targets": result["targets"], "rows": result["rows"]}, default=str))
+    else:
+        for target in result["targets"]:
+            verdict = "pass" if target["pass"] else "MISS"
+            click.echo(f"{target['model']}: {target['target']}: {target['value']}: {verdict}")
+        failed = [r for r in result["rows"] if r.get("error")]
+        click.echo(f"{len(result['rows']) - len(failed)} of {len(result['rows'])} cell(s) measured; report in {report_dir}")

@@ -1,0 +1,630 @@
+"""`ram-edge bench --suite FILE.yaml`: a matrix of models x runtimes x precisions x batch sizes x tag counts.
+
+Every artifact is made by the ram-edge command a user runs (export, quantize; cached in the work
+directory), every cell is timed by `ram-edge bench --json` in a fresh process, the cells run in
+`rounds` passes (the second in reverse order, so drift of a shared machine hits all alike; the
+spread between rounds is the noise the report states), and the fp32 matmul roofline is read before
+every cell. Cold start (process start to the first tags of `ram-edge tag`), accuracy (the default
+model's mAP on its rendered test split and tag-set agreement with torch fp32; probability
+differences for random-weight models), file sizes and memory join the same report, with PNG plots.
+A cell that fails is a row with its error; the others still run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ram_edge.errors import ConfigError, RamEdgeError
+from ram_edge.fileio import atomic_file
+
+from .harness import cpu_features, map_on_tag_names, matmul_roofline
+
+RUNTIME_FORMATS = {"torch": "checkpoint", "ort": "onnx", "openvino": "openvino", "trt": "trt"}
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# (runtime, precision) pairs that exist: torch is the fp32 reference; bf16 is OpenVINO's compute precision
+# on an fp32 IR (refused, as a row with its error, on CPUs without BF16); TensorRT builds fp16 and int8.
+VALID = {("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "fp16"),
+         ("openvino", "int8"), ("openvino", "bf16"), ("trt", "fp16"), ("trt", "int8")}
+TARGETS = {"roofline_pct": 85.0, "subset_of_bound": 0.90, "int8_size": 0.30, "int8_memory": 0.60, "cold_start_s": 1.0,
+           "int8_speed_vnni": 2.5, "int8_speed_ort": 1.2, "int8_speed_openvino": 1.0}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class SuiteModel:
+    """One model of the matrix: `source` is 'default' (the shipped model), 'preset:NAME' (random weights of a
+    shipped architecture) or a checkpoint directory; `tags` lists tag counts ('all' or the first N tags)."""
+
+    name: str
+    source: str
+    tags: list = field(default_factory=lambda: ["all"])
+    accuracy: bool = True
+    test_count: int = 500  # rendered test scenes for the default model's mAP
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(self.name)):
+            raise ConfigError(f"suite model name {self.name!r}: use letters, digits, '.', '_' or '-'")
+        for t in self.tags:
+            if t != "all" and not (isinstance(t, int) and t > 0):
+                raise ConfigError(f"suite model {self.name}: tag count {t!r} must be 'all' or a positive integer")
+
+
+@dataclass
+class SuiteConfig:
+    """A benchmark suite (benchmarks/suites/*.yaml)."""
+
+    name: str
+    models: list
+    runtimes: list = field(default_factory=lambda: ["torch", "ort", "openvino"])
+    precisions: list = field(default_factory=lambda: ["fp32"])
+    batches: list = field(default_factory=lambda: [1])
+    threads: int = 2
+    iters: int = 10
+    warmup: int = 2
+    rounds: int = 2
+    cold_start: bool = True
+    roofline: bool = True
+    calib_size: int = 32
+
+    def __post_init__(self) -> None:
+        self.models = [m if isinstance(m, SuiteModel) else _from_mapping(SuiteModel, m, "suite model") for m in self.models]
+        if not self.models:
+            raise ConfigError("suite: give at least one model")
+        unknown = [r for r in self.runtimes if r not in RUNTIME_FORMATS]
+        if unknown:
+            raise ConfigError(f"suite: unknown runtime(s) {unknown}; valid: {', '.join(RUNTIME_FORMATS)}")
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ConfigError(f"suite: unknown precision(s) {bad}; valid: {', '.join(PRECISIONS)}")
+        if not self.batches or any(not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ConfigError(f"suite: batches must be positive integers, got {self.batches}")
+        if self.rounds < 1 or self.iters < 1:
+            raise ConfigError("suite: rounds and iters must be >= 1")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SuiteConfig":
+        """Read a YAML or JSON suite file."""
+        from ram_edge.config import read_mapping_file
+
+        return _from_mapping(cls, read_mapping_file(path, ConfigError, "benchmark suite"), f"suite {path}")
+
+
+def _from_mapping(cls, data: Any, where: str):
+    from ram_edge.config import _from_dict
+
+    return _from_dict(cls, data, where)
+
+
+@dataclass
+class Cell:
+    """One timed configuration."""
+
+    model: str
+    runtime: str
+    precision: str
+    batch: int
+    tags: Any  # "all" or int
+
+    @property
+    def key(self) -> str:
+        """Stable identifier."""
+        return f"{self.model}/{self.runtime}/{self.precision}/b{self.batch}/{self.tags}"
+
+
+def plan(config: SuiteConfig) -> list[Cell]:
+    """Every valid cell, in a drift-spreading order (runtimes interleaved within each configuration)."""
+    cells = []
+    for model in config.models:
+        for tags in model.tags:
+            for batch in config.batches:
+                for precision in config.precisions:
+                    for runtime in config.runtimes:
+                        if (runtime, precision) not in VALID:
+                            continue
+                        if runtime == "torch" and tags != "all":
+                            continue  # the torch runtime runs a checkpoint with its whole label set
+                        cells.append(Cell(model.name, runtime, precision, batch, tags))
+    return cells
+
+
+class Suite:
+    """Runs one suite: prepare artifacts, time cells, measure accuracy and cold start, write the report."""
+
+    def __init__(self, config: SuiteConfig, workdir: Path, report_dir: Path, *, command: str = "") -> None:
+        self.config, self.workdir, self.report_dir, self.command = config, Path(workdir), Path(report_dir), command
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.models = {m.name: m for m in config.models}
+        self.checkpoints: dict[str, Path] = {}
+        self.macs: dict[str, dict[str, float]] = {}
+        self.readings: list[float] = []
+
+    # -- artifacts -----------------------------------------------------------------------------------
+    def _sh(self, *args: str) -> None:
+        _log("ram-edge " + " ".join(args))
+        proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], capture_output=True, text=True)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")
+            raise RamEdgeError(f"`ram-edge {args[0]}` failed: {last}")
+
+    def checkpoint(self, model: SuiteModel) -> Path:
+        """The float checkpoint of a suite model."""
+        if model.name in self.checkpoints:
+            return self.checkpoints[model.name]
+        if model.source == "default":
+            from ram_edge.default_model import default_model_path
+
+            path = default_model_path("checkpoint")
+        elif model.source.startswith("preset:"):
+            from .full_size import build_checkpoint
+
+            root = self.workdir / model.name
+            root.mkdir(parents=True, exist_ok=True)
+            path = build_checkpoint(root, model.source.split(":", 1)[1])
+        else:
+            path = Path(model.source)
+            if not (path / "config.json").is_file():
+                raise ConfigError(f"suite model {model.name}: {path} is not a checkpoint directory")
+        self.checkpoints[model.name] = path
+        return path
+
+    def _tag_names(self, model: SuiteModel, tags: Any) -> list[str] | None:
+        if tags == "all":
+            return None
+        names = (self.checkpoint(model) / "tags.txt").read_text(encoding="utf-8").splitlines()
+        return names[: int(tags)]
+
+    def _calibration(self, model: SuiteModel) -> Path:
+        folder = self.workdir / model.name / "calib"
+        if (folder / "done").is_file():
+            return folder
+        if model.source == "default":
+            self._sh("data", "scenes", "-o", str(folder), "--count", str(self.config.calib_size), "--split", "train", "--seed", "7",
+                     "--overwrite")
+        else:
+            from PIL import Image
+
+            folder.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng(0)
+            for i in range(self.config.calib_size):
+                base = np.linspace(0, 255, 256, dtype=np.float32)[None, :, None] * rng.uniform(0.2, 1.0, 3)
+                Image.fromarray(np.clip(base + rng.normal(0, 30, (256, 256, 3)), 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+        (folder / "done").write_text("ok")
+        return folder
+
+    def quantized(self, model: SuiteModel) -> Path:
+        """A PTQ checkpoint of the model (made once)."""
+        target = self.workdir / model.name / "ptq"
+        if not (target / "config.json").is_file():
+            calib = self._calibration(model)
+            self._sh("quantize", str(self.checkpoint(model)), "-o", str(target), "--calib", str(calib),
+                     "--calib-size", str(self.config.calib_size))
+        return target
+
+    def artifact(self, cell: Cell) -> Path:
+        """The checkpoint or bundle a cell runs (exported on first use)."""
+        model = self.models[cell.model]
+        if cell.runtime == "torch":
+            return self.checkpoint(model)
+        fmt = RUNTIME_FORMATS[cell.runtime]
+        stored = "fp32" if cell.precision == "bf16" else cell.precision
+        # TensorRT builds fp16 engines from the fp32 ONNX (it picks fp16 per layer) and int8 from the Q/DQ ONNX.
+        onnx_precision = ("int8" if stored == "int8" else "fp32") if fmt == "trt" else stored
+        bundle_format = "onnx" if fmt == "trt" else fmt
+        target = self.workdir / model.name / f"{bundle_format}-{onnx_precision}-{cell.tags}"
+        if not (target / "manifest.json").is_file():
+            source = self.quantized(model) if onnx_precision == "int8" else self.checkpoint(model)
+            args = ["export", str(source), "-o", str(target), "--format", bundle_format, "--overwrite"]
+            if onnx_precision == "fp16":
+                args += ["--precision", "fp16"]
+            names = self._tag_names(model, cell.tags)
+            if names:
+                list_file = self.workdir / model.name / f"tags-{cell.tags}.txt"
+                list_file.write_text("".join(n + "\n" for n in names), encoding="utf-8")
+                args += ["--tags-file", str(list_file)]
+            self._sh(*args)
+        if fmt != "trt":
+            return target
+        engine = self.workdir / model.name / f"trt-{stored}-{cell.tags}"
+        if not (engine / "manifest.json").is_file():
+            self._sh("export", str(target), "--format", "trt", "-o", str(engine), "--precision", stored,
+                     "--max-batch", str(max(self.config.batches)), "--overwrite")
+        return engine
+
+    # -- measurements --------------------------------------------------------------------------------
+    def mac_counts(self, model: SuiteModel) -> dict[str, float]:
+        """Multiply-accumulates per image: encoder, and decoder at each tag count of the suite."""
+        if model.name not in self.macs:
+            from .full_size import count_macs
+
+            ckpt = self.checkpoint(model)
+            total = len((ckpt / "tags.txt").read_text(encoding="utf-8").splitlines())
+            counts = sorted({total if t == "all" else int(t) for t in model.tags})
+            macs = count_macs(ckpt, counts)
+            macs["decoder_all"] = macs[f"decoder_{total}"]
+            macs["num_tags"] = total
+            self.macs[model.name] = macs
+        return self.macs[model.name]
+
+    def bench_cell(self, cell: Cell) -> dict[str, Any]:
+        """`ram-edge bench --json` in a fresh process; a failure is returned as {'error': ...}."""
+        try:
+            path = self.artifact(cell)
+        except RamEdgeError as exc:
+            return {"error": str(exc)}
+        args = ["bench", str(path), "--runtime", cell.runtime, "--batch-size", str(cell.batch), "--iters", str(self.config.iters),
+                "--warmup", str(self.config.warmup), "--threads", str(self.config.threads), "--json"]
+        if cell.precision == "bf16":
+            args += ["--compute-precision", "bf16"]
+        proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], capture_output=True, text=True)
+        if proc.returncode:
+            return {"error": (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1].removeprefix("error: ")}
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def cold_start(self, cell: Cell) -> float | None:
+        """Seconds from process start to the first line of tags of `ram-edge tag` (batch-1 cells only)."""
+        from ram_edge.default_model import default_model_path
+
+        try:
+            path = self.artifact(cell)
+        except RamEdgeError:
+            return None
+        image = default_model_path("bundle").parent / "examples" / "scene-1.png"
+        args = [sys.executable, "-m", "ram_edge.cli.main", "tag", "--model", str(path), "--runtime", cell.runtime,
+                "--threads", str(self.config.threads), str(image)]
+        if cell.precision == "bf16":
+            args[-1:-1] = ["--compute-precision", "bf16"]
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = proc.stdout.readline() if proc.stdout else ""
+        seconds = time.perf_counter() - started
+        proc.communicate()
+        return seconds if proc.returncode == 0 and line else None
+
+    def accuracy(self, cell: Cell, reference: dict[str, Any]) -> dict[str, Any]:
+        """mAP + agreement (default model) or probability differences (others) against torch fp32, at the cell's tags."""
+        from ram_edge import Tagger
+        from ram_edge.labels import tag_set_f1
+
+        inputs, truth = reference["inputs"], reference["truth"]
+        try:
+            with Tagger.load(self.artifact(cell), runtime=cell.runtime, threads=self.config.threads,
+                             compute_precision="bf16" if cell.precision == "bf16" else None) as tagger:
+                probs = np.concatenate([tagger.predict(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
+                labels = tagger.labels
+        except RamEdgeError as exc:
+            return {"error": str(exc)}
+        ref_probs = reference["probs"]
+        if cell.tags != "all":
+            index = {t: i for i, t in enumerate(reference["labels"].tags)}
+            ref_probs = ref_probs[:, [index[t] for t in labels.tags]]
+        out = {"max_abs_diff": float(np.abs(probs - ref_probs).max()),
+               "agreement": float(tag_set_f1(labels.fired(probs), labels.fired(ref_probs)).mean())}
+        if truth is not None:
+            out["mAP"] = map_on_tag_names(probs, labels.tags, truth)
+        return out
+
+    def reference(self, model: SuiteModel) -> dict[str, Any]:
+        """torch fp32 probabilities on the accuracy inputs: the test split (default model) or validation inputs."""
+        from ram_edge import Tagger
+        from ram_edge.checkpoint_dir import read_checkpoint_dir
+
+        ckpt = self.checkpoint(model)
+        cfg = read_checkpoint_dir(ckpt).config.preprocess
+        truth = None
+        if model.source == "default":
+            split = self.workdir / model.name / "test"
+            if not (split / "annotations.jsonl").is_file():
+                self._sh("data", "scenes", "-o", str(split), "--count", str(model.test_count), "--split", "test", "--seed", "0",
+                         "--overwrite")
+            from ram_edge.preprocess import load_image, preprocess
+
+            rows = [json.loads(l) for l in (split / "annotations.jsonl").read_text().splitlines() if l.strip()]
+            inputs = np.stack([preprocess(load_image(split / r["image"]), cfg) for r in rows]).astype(np.float32)
+            truth = [r["tags"] for r in rows]
+        else:
+            from ram_edge.export.validate import validation_inputs
+
+            inputs = np.concatenate(validation_inputs(cfg.image_size, (2,), seed=11))
+        with Tagger.load(ckpt, runtime="torch", threads=self.config.threads) as tagger:
+            probs = np.concatenate([tagger.predict(inputs[i:i + 16]) for i in range(0, len(inputs), 16)])
+            labels = tagger.labels
+        return {"inputs": inputs, "truth": truth, "probs": probs, "labels": labels}
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Time every cell in every round, then cold starts and accuracy; write the report; return the result."""
+        from tqdm import tqdm
+
+        cells = plan(self.config)
+        if not cells:
+            raise ConfigError(f"suite {self.config.name}: no valid (runtime, precision) cell; valid pairs: {sorted(VALID)}")
+        rows: dict[str, dict[str, Any]] = {c.key: {**asdict(c), "rounds": [], "errors": []} for c in cells}
+        order = []
+        for r in range(self.config.rounds):
+            order += [(r, c) for c in (cells if r % 2 == 0 else list(reversed(cells)))]
+        with tqdm(total=len(order), desc=f"suite {self.config.name}", unit="cell", file=sys.stderr, disable=None) as bar:
+            for r, cell in order:
+                if self.config.roofline:
+                    self.readings.append(matmul_roofline(threads=self.config.threads, repeats=3))
+                result = self.bench_cell(cell)
+                row = rows[cell.key]
+                if "error" in result:
+                    row["errors"].append(result["error"])
+                    _log(f"{cell.key}: error: {result['error']}")
+                else:
+                    result["roofline_macs_s"] = self.readings[-1] if self.readings else None
+                    row["rounds"].append(result)
+                    _log(f"{cell.key}: {result['latency_image_ms']['p50']:.2f} ms/image")
+                bar.update(1)
+        if self.config.roofline:
+            self.readings.append(matmul_roofline(threads=self.config.threads, repeats=3))
+        for cell in cells:
+            self._summarise(cell, rows[cell.key])
+        if self.config.cold_start:
+            for cell in cells:
+                if cell.batch == min(self.config.batches) and rows[cell.key].get("ms_per_image") is not None:
+                    rows[cell.key]["cold_start_s"] = self.cold_start(cell)
+        for model in self.config.models:
+            if not model.accuracy:
+                continue
+            try:
+                reference = self.reference(model)
+            except RamEdgeError as exc:
+                _log(f"{model.name}: no accuracy reference: {exc}")
+                continue
+            done: dict[tuple, dict] = {}
+            for cell in cells:
+                if cell.model != model.name or rows[cell.key].get("ms_per_image") is None:
+                    continue
+                key = (cell.runtime, cell.precision, cell.tags)
+                if key not in done:
+                    done[key] = self.accuracy(cell, reference)
+                rows[cell.key]["accuracy"] = done[key]
+        result = {"suite": asdict(self.config), "date": datetime.date.today().isoformat(), "command": self.command,
+                  "cpu": cpu_features(), "roofline_readings": self.readings, "macs": self.macs, "rows": list(rows.values())}
+        result["targets"] = targets(result)
+        write_report(result, self.report_dir)
+        return result
+
+    def _summarise(self, cell: Cell, row: dict[str, Any]) -> None:
+        runs = row["rounds"]
+        if not runs:
+            row["error"] = row["errors"][-1] if row["errors"] else "not run"
+            return
+        per_image = [r["latency_image_ms"]["p50"] for r in runs]
+        row.update(ms_per_image=float(np.median(per_image)),
+                   round_spread_pct=100 * (max(per_image) - min(per_image)) / min(per_image) if len(per_image) > 1 else None,
+                   img_s=float(np.median([r["throughput_img_s"] for r in runs])),
+                   peak_rss_mb=float(max(r["peak_rss_mb"] for r in runs)),
+                   rss_after_load_mb=runs[-1].get("rss_after_load_mb"), size_mb=runs[-1]["model_size_mb"],
+                   load_s=float(np.median([r["load_time_s"] for r in runs])), device=runs[-1]["device"],
+                   compute_precision=runs[-1]["compute_precision"], num_tags=runs[-1]["num_tags"])
+        if self.config.roofline:
+            try:
+                macs = self.mac_counts(self.models[cell.model])
+            except Exception as exc:  # noqa: BLE001 - MAC counting needs torch; the row stays without it
+                _log(f"{cell.model}: no MAC counts ({exc})")
+                return
+            n = macs["num_tags"] if cell.tags == "all" else int(cell.tags)
+            per_image_macs = macs["encoder"] + macs[f"decoder_{n}"]
+            achieved = per_image_macs / (row["ms_per_image"] / 1e3)
+            roof = max(r["roofline_macs_s"] for r in runs if r.get("roofline_macs_s"))
+            row.update(macs_per_image=per_image_macs, achieved_gmacs=achieved / 1e9, pct_of_roofline=100 * achieved / roof)
+
+
+def _find(rows, **match) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()) and row.get("ms_per_image") is not None:
+            return row
+    return None
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and pass/miss (only those the suite's cells can judge)."""
+    rows, out = result["rows"], []
+    vnni = bool(result["cpu"].get("vnni"))
+    for model in {r["model"] for r in rows}:
+        mine = [r for r in rows if r["model"] == model]
+        fp32 = [r for r in mine if r["precision"] == "fp32" and r["tags"] == "all" and r.get("pct_of_roofline") is not None
+                and r["runtime"] != "trt"]
+        if fp32:
+            best = max(fp32, key=lambda r: r["pct_of_roofline"])
+            out.append({"model": model, "target": f"fp32 on the best CPU runtime >= {TARGETS['roofline_pct']:.0f}% of the matmul roofline",
+                        "value": f"{best['runtime']} batch {best['batch']}: {best['pct_of_roofline']:.0f}%",
+                        "pass": best["pct_of_roofline"] >= TARGETS["roofline_pct"]})
+        macs = result["macs"].get(model)
+        for row in mine:
+            if row["tags"] == "all" or row.get("ms_per_image") is None or not macs:
+                continue
+            full = _find(mine, runtime=row["runtime"], precision=row["precision"], batch=row["batch"], tags="all")
+            if full is None:
+                continue
+            n = int(row["tags"])
+            bound = (macs["encoder"] + macs["decoder_all"]) / (macs["encoder"] + macs[f"decoder_{n}"])
+            gained = full["ms_per_image"] / row["ms_per_image"]
+            out.append({"model": model, "target": f"{n}-tag subset >= {TARGETS['subset_of_bound']:.0%} of the MAC bound "
+                                                  f"({row['runtime']} {row['precision']} batch {row['batch']})",
+                        "value": f"{gained:.2f}x of {bound:.2f}x ({gained / bound:.0%})", "pass": gained >= TARGETS["subset_of_bound"] * bound})
+        for row in mine:
+            if row["precision"] != "int8" or row.get("ms_per_image") is None or row["tags"] != "all":
+                continue
+            base = _find(mine, runtime=row["runtime"], precision="fp32", batch=row["batch"], tags="all")
+            if base is None:
+                continue
+            speed = base["ms_per_image"] / row["ms_per_image"]
+            need = TARGETS["int8_speed_vnni"] if vnni else TARGETS["int8_speed_ort" if row["runtime"] == "ort" else "int8_speed_openvino"]
+            label = f"{row['runtime']} INT8 batch {row['batch']}"
+            out.append({"model": model, "target": f"{label}: files <= {TARGETS['int8_size']:.0%} of fp32",
+                        "value": f"{row['size_mb'] / base['size_mb']:.0%}", "pass": row["size_mb"] <= TARGETS["int8_size"] * base["size_mb"]})
+            out.append({"model": model, "target": f"{label}: peak memory <= {TARGETS['int8_memory']:.0%} of fp32",
+                        "value": f"{row['peak_rss_mb'] / base['peak_rss_mb']:.0%}",
+                        "pass": row["peak_rss_mb"] <= TARGETS["int8_memory"] * base["peak_rss_mb"]})
+            out.append({"model": model, "target": f"{label}: >= {need}x fp32 ({'VNNI' if vnni else 'no VNNI'})",
+                        "value": f"{speed:.2f}x", "pass": speed >= need})
+        colds = [r for r in mine if r.get("cold_start_s")]
+        if colds and any(r["model"] == model for r in rows) and _is_default(result, model):
+            best = min(colds, key=lambda r: r["cold_start_s"])
+            out.append({"model": model, "target": f"cold start to the first tags < {TARGETS['cold_start_s']:.0f} s",
+                        "value": f"{best['cold_start_s']:.2f} s ({best['runtime']} {best['precision']})",
+                        "pass": best["cold_start_s"] < TARGETS["cold_start_s"]})
+    return out
+
+
+def _is_default(result: dict[str, Any], model: str) -> bool:
+    return any(m["name"] == model and m["source"] == "default" for m in result["suite"]["models"])
+
+
+def machine_name(cpu: dict[str, Any]) -> str:
+    """'zen3-2c' style: the CPU family (from its flags) and core count, for report file names."""
+    flags = set(cpu.get("features") or [])
+    kind = "avx512" if any(f.startswith("avx512") for f in flags) else ("avx2" if "avx2" in flags else "cpu")
+    if cpu.get("vnni"):
+        kind += "-vnni"
+    return f"{kind}-{cpu.get('cores')}c"
+
+
+def plots(result: dict[str, Any], directory: Path, stem: str) -> list[str]:
+    """PNG plots beside the report; returns their file names (none without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _log("matplotlib is not installed: no plots (pip install 'ram-edge[plots]')")
+        return []
+    rows = [r for r in result["rows"] if r.get("ms_per_image") is not None]
+    written = []
+
+    def save(fig, name: str) -> None:
+        path = directory / f"{stem}-{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
+
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model]
+        series = sorted({(r["runtime"], r["precision"]) for r in mine if r["tags"] == "all"})
+        batches = sorted({r["batch"] for r in mine})
+        if len(batches) > 1:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for runtime, precision in series:
+                pts = sorted((r["batch"], r["ms_per_image"]) for r in mine if (r["runtime"], r["precision"]) == (runtime, precision)
+                             and r["tags"] == "all")
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{runtime} {precision}")
+            ax.set(xlabel="batch size", ylabel="ms per image (p50)", title=f"{model}: latency per image against batch", xscale="log")
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.legend(fontsize=8)
+            save(fig, f"{model}-batch")
+        base = {r["batch"]: r["ms_per_image"] for r in mine if r["runtime"] == "torch" and r["precision"] == "fp32" and r["tags"] == "all"}
+        if base:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            labels, values = [], []
+            for r in sorted(mine, key=lambda r: (r["batch"], r["runtime"], r["precision"])):
+                if r["tags"] == "all" and r["batch"] in base:
+                    labels.append(f"{r['runtime']}\n{r['precision']} b{r['batch']}")
+                    values.append(base[r["batch"]] / r["ms_per_image"])
+            ax.bar(range(len(values)), values)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_xticks(range(len(values)), labels, fontsize=7)
+            ax.set(ylabel="speed-up over torch fp32 eager", title=f"{model}: speed-up over torch fp32 (same batch)")
+            save(fig, f"{model}-speedup")
+        macs = result["macs"].get(model)
+        tag_counts = sorted({r["tags"] for r in mine if r["tags"] != "all"})
+        if tag_counts and macs:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for runtime, precision in series:
+                full = _find(mine, runtime=runtime, precision=precision, batch=min(batches), tags="all")
+                pts = [(int(r["tags"]), r["ms_per_image"]) for r in mine if (r["runtime"], r["precision"]) == (runtime, precision)
+                       and r["tags"] != "all" and r["batch"] == min(batches)]
+                if full is None or not pts:
+                    continue
+                pts = sorted(pts + [(int(macs["num_tags"]), full["ms_per_image"])])
+                line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{runtime} {precision}")[0]
+                bound = [full["ms_per_image"] * (macs["encoder"] + macs[f"decoder_{n}"]) / (macs["encoder"] + macs["decoder_all"])
+                         for n, _ in pts]
+                ax.plot([p[0] for p in pts], bound, ls="--", color=line.get_color(), alpha=0.6)
+            ax.set(xlabel="tags (queries)", ylabel="ms per image (p50)", xscale="log",
+                   title=f"{model}: time against tags (dashed: MAC bound)")
+            ax.legend(fontsize=8)
+            save(fig, f"{model}-tags")
+        acc = [r for r in mine if (r.get("accuracy") or {}).get("mAP") is not None and r["batch"] == min(batches) and r["tags"] == "all"]
+        if acc:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for r in acc:
+                ax.scatter(r["ms_per_image"], r["accuracy"]["mAP"])
+                ax.annotate(f"{r['runtime']} {r['precision']}", (r["ms_per_image"], r["accuracy"]["mAP"]), fontsize=7)
+            ax.set(xlabel=f"ms per image (p50, batch {min(batches)})", ylabel="mAP on the test split",
+                   title=f"{model}: accuracy against speed")
+            save(fig, f"{model}-accuracy")
+    return written
+
+
+def _fmt(value: Any, digits: str = ".2f") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return format(value, digits)
+    return str(value)
+
+
+def write_report(result: dict[str, Any], directory: Path) -> Path:
+    """REPORT_DIR/<machine>-<suite>-<date>.md + .json + PNG plots; returns the markdown path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{machine_name(result['cpu'])}-{result['suite']['name']}-{result['date']}"
+    images = plots(result, directory, stem)
+    cpu, rows = result["cpu"], result["rows"]
+    readings = [g / 1e9 for g in result["roofline_readings"]]
+    spreads = [r["round_spread_pct"] for r in rows if r.get("round_spread_pct") is not None]
+    lines = [f"# Benchmark suite `{result['suite']['name']}`", "",
+             f"Machine: {cpu['model']}, {cpu['cores']} cores, features {', '.join(cpu['features']) or 'none of AVX-512/VNNI/AMX'} "
+             f"(VNNI: {'yes' if cpu.get('vnni') else 'no'}, BF16: {'yes' if cpu.get('bf16') else 'no'}); {result['suite']['threads']} threads  ",
+             f"Date: {result['date']}; command: `{result['command']}`  ",
+             f"Rounds: {result['suite']['rounds']} (the second in reverse order); noise: the p50 per image of one cell differed "
+             f"between rounds by {_fmt(float(np.median(spreads)) if spreads else None, '.1f')}% (median), "
+             f"{_fmt(max(spreads) if spreads else None, '.1f')}% (largest)  ",
+             "fp32 matmul roofline (torch 4096², read before every cell): "
+             + (f"{min(readings):.1f}–{max(readings):.1f} GMAC/s" if readings else "not read"), "", "## Targets", ""]
+    for t in result["targets"] or [{"model": "–", "target": "no target applies to these cells", "value": "–", "pass": None}]:
+        verdict = "–" if t["pass"] is None else ("pass" if t["pass"] else "**miss**")
+        lines.append(f"- {t['model']}: {t['target']}: {t['value']}: {verdict}")
+    lines += ["", "## Cells", "", "| model | runtime | precision | compute | batch | tags | ms/image p50 | spread | img/s | "
+              "% roofline | cold start s | peak RSS MB | size MB | mAP | agreement | max Δp | error |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        acc = r.get("accuracy") or {}
+        lines.append("| " + " | ".join([
+            r["model"], r["runtime"], r["precision"], _fmt(r.get("compute_precision")), str(r["batch"]), str(r["tags"]),
+            _fmt(r.get("ms_per_image")), _fmt(r.get("round_spread_pct"), ".1f") + ("%" if r.get("round_spread_pct") is not None else ""),
+            _fmt(r.get("img_s"), ".1f"), _fmt(r.get("pct_of_roofline"), ".0f"), _fmt(r.get("cold_start_s")),
+            _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r.get("size_mb"), ".1f"), _fmt(acc.get("mAP")), _fmt(acc.get("agreement"), ".3f"),
+            _fmt(acc.get("max_abs_diff"), ".2g"), (r.get("error") or acc.get("error") or "").replace("|", "\\|")[:160],
+        ]) + " |")
+    if result["macs"]:
+        lines += ["", "MACs per image (FlopCounterMode): " + "; ".join(
+            f"{m}: encoder {v['encoder'] / 1e9:.2f} G, decoder at all {int(v['num_tags'])} tags {v['decoder_all'] / 1e9:.2f} G"
+            for m, v in result["macs"].items())]
+    lines += ["", "Accuracy: against torch fp32 on the same inputs (the default model: its rendered test split; "
+              "random-weight models: validation inputs); mAP only where labels exist.", ""]
+    lines += [f"![{name}]({name})" for name in images]
+    path = directory / f"{stem}.md"
+    with atomic_file(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with atomic_file(path.with_suffix(".json"), "w") as fh:
+        json.dump({**result, "plots": images}, fh, indent=1, default=str)
+    _log(f"wrote {path}")
+    return path

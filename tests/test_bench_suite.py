@@ -1,0 +1,106 @@
+"""`ram-edge bench --suite`: a micro-model suite end to end on CPU (report, JSON, plots), and a failing
+cell reported as a row without stopping the others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch", reason="the suite makes its bundles with `ram-edge export`: pip install 'ram-edge[export]'")
+pytest.importorskip("onnxruntime")
+
+from ram_edge.cli.main import cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def micro_checkpoint(tmp_path_factory) -> Path:
+    from ram_edge.config import ModelConfig
+    from ram_edge.labels import LabelSet
+    from ram_edge.models.checkpoint import save_checkpoint
+    from ram_edge.models.ram import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({
+        "family": "ram",
+        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
+        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 1},
+        "num_classes": 12, "embed_dim": 32, "label_embed_dim": 16, "preprocess": {"image_size": 32},
+    })
+    tags = [f"tag{i}" for i in range(12)]
+    return save_checkpoint(build_model(config).eval(), LabelSet(tags, None, np.full(12, 0.5, np.float32)),
+                           tmp_path_factory.mktemp("suite") / "micro", source={"kind": "test"})
+
+
+def _suite(tmp_path: Path, checkpoint: Path, **fields) -> Path:
+    data = {"name": "micro", "models": [{"name": "micro", "source": str(checkpoint), "tags": ["all", 4]}],
+            "rounds": 1, "iters": 2, "warmup": 0, "threads": 1, "roofline": False, **fields}
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.slow
+def test_suite_runs_end_to_end_and_writes_report_and_plots(micro_checkpoint, tmp_path):
+    suite = _suite(tmp_path, micro_checkpoint, runtimes=["ort", "torch"], batches=[1, 2], rounds=2)
+    result = CliRunner().invoke(cli, ["bench", "--suite", str(suite), "-o", str(tmp_path / "reports"), "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    reports = sorted((tmp_path / "reports").glob("*.md"))
+    assert len(reports) == 1 and "-micro-" in reports[0].name
+    data = json.loads(reports[0].with_suffix(".json").read_text())
+    rows = {(r["runtime"], r["batch"], r["tags"]): r for r in data["rows"]}
+    # torch runs the checkpoint's whole label set only: no subset cells for it.
+    assert set(rows) == {("ort", 1, "all"), ("ort", 2, "all"), ("ort", 1, 4), ("ort", 2, 4), ("torch", 1, "all"), ("torch", 2, "all")}
+    for row in rows.values():
+        assert row["ms_per_image"] > 0 and len(row["rounds"]) == 2 and row["round_spread_pct"] is not None
+        assert row["accuracy"]["max_abs_diff"] < 1e-3 and row["size_mb"] > 0
+    assert rows[("ort", 1, 4)]["num_tags"] == 4 and rows[("ort", 1, "all")]["num_tags"] == 12
+    assert rows[("ort", 1, "all")]["cold_start_s"] > 0 and "cold_start_s" not in rows[("ort", 2, "all")]
+    assert data["plots"] and all((tmp_path / "reports" / name).is_file() for name in data["plots"])
+    assert any(name.endswith("-batch.png") for name in data["plots"]) and any(name.endswith("-speedup.png") for name in data["plots"])
+    text = reports[0].read_text()
+    assert "| micro | ort | fp32 |" in text and "![" in text and "noise" in text
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_a_row_and_the_rest_still_run(micro_checkpoint, tmp_path):
+    suite = _suite(tmp_path, micro_checkpoint, runtimes=["ort", "trt"], precisions=["fp16"], cold_start=False)
+    result = CliRunner().invoke(cli, ["bench", "--suite", str(suite), "-o", str(tmp_path / "reports"), "--workdir", str(tmp_path / "work"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["rows"]
+    by_runtime = {}
+    for row in rows:
+        by_runtime.setdefault(row["runtime"], []).append(row)
+    assert all(r.get("ms_per_image") for r in by_runtime["ort"])
+    assert all(r.get("error") and "TensorRT" in r["error"] for r in by_runtime["trt"])
+    report = next((tmp_path / "reports").glob("*.md")).read_text()
+    assert "| micro | trt | fp16 |" in report
+
+
+def test_suite_config_errors(tmp_path):
+    from ram_edge.benchmarks.suite import SuiteConfig
+    from ram_edge.errors import ConfigError
+
+    for bad, needle in (({"name": "x", "models": []}, "at least one model"),
+                        ({"name": "x", "models": [{"name": "m", "source": "default"}], "runtimes": ["tflite"]}, "unknown runtime"),
+                        ({"name": "x", "models": [{"name": "m", "source": "default", "tags": [0]}]}, "tag count"),
+                        ({"name": "x", "models": [{"name": "m", "source": "default"}], "batches": [0]}, "batches"),
+                        ({"name": "x", "models": [{"name": "m", "source": "default"}], "colour": "red"}, "unknown field")):
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=needle):
+            SuiteConfig.load(path)
+    result = CliRunner().invoke(cli, ["bench", "--suite", str(path), "some-model"])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_fp16_export_of_a_one_layer_decoder(micro_checkpoint, tmp_path):
+    """Regression: shared LayerNorm weights became an fp16 Identity feeding a float32 LayerNorm (found by the suite)."""
+    from ram_edge.export.writer import export_bundle
+
+    manifest = export_bundle(micro_checkpoint, tmp_path / "fp16", precision="fp16")
+    assert manifest["precision"] == "fp16" and manifest["validation"]["max_abs_diff"] <= manifest["validation"]["tolerance"]
