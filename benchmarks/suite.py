@@ -358,7 +358,7 @@ class Suite:
         with tqdm(total=len(order), desc=f"suite {self.config.name}", unit="cell", file=sys.stderr, disable=None) as bar:
             for r, cell in order:
                 if self.config.roofline:
-                    self.readings.append(matmul_roofline(threads=self.config.threads, repeats=3))
+                    self.readings.append(matmul_roofline(threads=self.config.threads, repeats=2))
                 result = self.bench_cell(cell)
                 row = rows[cell.key]
                 if "error" in result:
@@ -370,7 +370,7 @@ class Suite:
                     _log(f"{cell.key}: {result['latency_image_ms']['p50']:.2f} ms/image")
                 bar.update(1)
         if self.config.roofline:
-            self.readings.append(matmul_roofline(threads=self.config.threads, repeats=3))
+            self.readings.append(matmul_roofline(threads=self.config.threads, repeats=2))
         for cell in cells:
             self._summarise(cell, rows[cell.key])
         if self.config.cold_start:
