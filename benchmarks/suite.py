@@ -27,7 +27,7 @@ import numpy as np
 from ram_edge.errors import ConfigError, RamEdgeError
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features, map_on_tag_names, matmul_roofline
+from .harness import cpu_features, map_on_tag_names
 
 RUNTIME_FORMATS = {"torch": "checkpoint", "ort": "onnx", "openvino": "openvino", "trt": "trt"}
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -258,6 +258,16 @@ class Suite:
             self.macs[model.name] = macs
         return self.macs[model.name]
 
+    def _roofline(self) -> float:
+        """The fp32 matmul roofline (MAC/s), read in a fresh process: torch's thread pool stays busy in the process
+        that ran it, which would steal a core from the next cell."""
+        code = f"from ram_edge.benchmarks.harness import matmul_roofline; print(matmul_roofline(threads={self.config.threads}, n=3072, repeats=2))"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        try:
+            return float(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return 0.0
+
     def bench_cell(self, cell: Cell) -> dict[str, Any]:
         """`ram-edge bench --json` in a fresh process; a failure is returned as {'error': ...}."""
         try:
@@ -358,7 +368,7 @@ class Suite:
         with tqdm(total=len(order), desc=f"suite {self.config.name}", unit="cell", file=sys.stderr, disable=None) as bar:
             for r, cell in order:
                 if self.config.roofline:
-                    self.readings.append(matmul_roofline(threads=self.config.threads, repeats=2))
+                    self.readings.append(self._roofline())
                 result = self.bench_cell(cell)
                 row = rows[cell.key]
                 if "error" in result:
@@ -370,13 +380,14 @@ class Suite:
                     _log(f"{cell.key}: {result['latency_image_ms']['p50']:.2f} ms/image")
                 bar.update(1)
         if self.config.roofline:
-            self.readings.append(matmul_roofline(threads=self.config.threads, repeats=2))
-        for cell in cells:
-            self._summarise(cell, rows[cell.key])
+            self.readings.append(self._roofline())
+        # Cold starts before anything runs torch in this process: its idle thread pool keeps cores busy.
         if self.config.cold_start:
             for cell in cells:
-                if cell.batch == min(self.config.batches) and rows[cell.key].get("ms_per_image") is not None:
+                if cell.batch == min(self.config.batches) and rows[cell.key]["rounds"]:
                     rows[cell.key]["cold_start_s"] = self.cold_start(cell)
+        for cell in cells:
+            self._summarise(cell, rows[cell.key])
         for model in self.config.models:
             if not model.accuracy:
                 continue
@@ -421,7 +432,10 @@ class Suite:
             n = macs["num_tags"] if cell.tags == "all" else int(cell.tags)
             per_image_macs = macs["encoder"] + macs[f"decoder_{n}"]
             achieved = per_image_macs / (row["ms_per_image"] / 1e3)
-            roof = max(r["roofline_macs_s"] for r in runs if r.get("roofline_macs_s"))
+            roofs = [r["roofline_macs_s"] for r in runs if r.get("roofline_macs_s")]
+            if not roofs:
+                return
+            roof = max(roofs)
             row.update(macs_per_image=per_image_macs, achieved_gmacs=achieved / 1e9, pct_of_roofline=100 * achieved / roof)
 
 
@@ -597,7 +611,7 @@ def write_report(result: dict[str, Any], directory: Path) -> Path:
              f"Rounds: {result['suite']['rounds']} (the second in reverse order); noise: the p50 per image of one cell differed "
              f"between rounds by {_fmt(float(np.median(spreads)) if spreads else None, '.1f')}% (median), "
              f"{_fmt(max(spreads) if spreads else None, '.1f')}% (largest)  ",
-             "fp32 matmul roofline (torch 4096², read before every cell): "
+             "fp32 matmul roofline (torch 3072², in its own process before every cell): "
              + (f"{min(readings):.1f}–{max(readings):.1f} GMAC/s" if readings else "not read"), "", "## Targets", ""]
     for t in result["targets"] or [{"model": "–", "target": "no target applies to these cells", "value": "–", "pass": None}]:
         verdict = "–" if t["pass"] is None else ("pass" if t["pass"] else "**miss**")
