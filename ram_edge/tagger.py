@@ -99,6 +99,21 @@ class Tagger:
         return cls(info, engine, exif_transpose=exif_transpose, max_pixels=max_pixels)
 
     @property
+    def default_batch_size(self) -> int:
+        """Images per inference when the caller does not say: 1 for full-size (384 px) models on a CPU, else 8.
+
+        Full-size models on a CPU are compute-bound: the time per image does not fall with the batch (torch's
+        encoder and decoder cost the same per image at batch 1 to 8, benchmarks/batching_swin_b384.md; onnxruntime
+        and OpenVINO were 5-15% slower per image at 8, benchmarks/full_size_swin_l384.md) while peak memory grows
+        about 2.8x, so batch 1. Small models (the default model, 160 px) gain 10-25% per image at batch 8 on the
+        same CPU (benchmarks/reports/), and accelerators need batches to fill their units.
+        """
+        device = str(getattr(self.runtime, "device", "cpu")).strip().lower()
+        if device.startswith("cpu") and int(self.info.preprocess.image_size) >= 384:
+            return 1
+        return 8
+
+    @property
     def tags(self) -> list[str]:
         """The model's tag names, in label-file order."""
         return list(self.labels.tags)
@@ -191,17 +206,20 @@ class Tagger:
         self,
         images: Sequence[ImageInput],
         *,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         threshold: float | None = None,
         top_k: int | None = None,
         progress: Any = None,
         channels: str = "rgb",
     ) -> tuple[list[TagResult], np.ndarray]:
         """Tag images in batches, recording a per-image error instead of raising; returns
-        the results and the (N, C) probability matrix (NaN rows for failed images)."""
+        the results and the (N, C) probability matrix (NaN rows for failed images).
+
+        `batch_size` None: `default_batch_size` (1 for full-size models on a CPU, else 8).
+        """
         results: list[TagResult] = []
         probs = np.full((len(images), len(self.labels.tags)), np.nan, dtype=np.float32)
-        step = max(1, batch_size)
+        step = max(1, batch_size or self.default_batch_size)
         for start in range(0, len(images), step):
             chunk = list(images[start : start + step])
             slots: list[TagResult | None] = [None] * len(chunk)

@@ -29,7 +29,9 @@ def _human(result, chinese: bool) -> str:
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="One threshold for every tag instead of the per-tag ones.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="At most K tags per image (highest scores among those above threshold).")
 @click.option("--chinese", is_flag=True, help="Also print the Chinese tag names.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per inference [1 for full-size (384 px) models on a CPU, where batching buys no speed and costs "
+                   "memory; 8 otherwise].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
 @click.option("--scores-out", type=click.Path(dir_okay=False), default=None, help="Write the float32 probability matrix (images x tags) as .npy; NaN rows for failed images.")
 @click.option("--no-exif-transpose", is_flag=True, help="Do not apply the EXIF orientation (the official transform does not).")
