@@ -23,7 +23,7 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import matmul_roofline, write_markdown_report
+from .harness import roofline_in_subprocess, write_markdown_report
 
 PRESET = "ram_swin_large_384"
 # Report file stem per architecture (benchmarks/full_size_<stem>.md).
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     readings: list[float] = []
 
     def read_roofline() -> None:
-        readings.append(matmul_roofline(threads=args.threads, repeats=3))
+        readings.append(roofline_in_subprocess(threads=args.threads, repeats=3))
         _log(f"  matmul roofline {readings[-1] / 1e9:.1f} GMAC/s")
 
     def save_json() -> None:

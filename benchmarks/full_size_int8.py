@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ram_edge.fileio import atomic_file
 
-from .harness import bundle_model_mb, cpu_features, matmul_roofline, write_markdown_report
+from .harness import bundle_model_mb, cpu_features, roofline_in_subprocess, write_markdown_report
 
 
 def _log(msg: str) -> None:
@@ -74,7 +74,7 @@ def run_int8(args, ckpt: Path, report: Path) -> None:
         plan.append((bundles["openvino", "fp32"], "openvino", batch, "bf16"))
     rows, readings = [], []
     for path, runtime, batch, compute in plan:
-        readings.append(matmul_roofline(threads=args.threads, repeats=3))
+        readings.append(roofline_in_subprocess(threads=args.threads, repeats=3))
         iters = args.iters if batch == 1 else max(2, args.iters // 2)
         row = _bench(path, runtime, batch, args.threads, iters, compute)
         row["roofline_gmacs"] = readings[-1] / 1e9

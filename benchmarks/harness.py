@@ -377,6 +377,23 @@ def matmul_roofline(threads: int | None = None, n: int = 4096, repeats: int = 5)
     return float(n) ** 3 / best
 
 
+def roofline_in_subprocess(threads: int | None = None, n: int = 4096, repeats: int = 3) -> float:
+    """`matmul_roofline` read in a fresh Python process (0.0 if it fails).
+
+    Reading it in the benchmarking process leaves torch's OpenMP pool spinning on every core for the rest of the
+    run (seen: the parent at ~190% CPU while its `ram-edge bench` children were timed), which slows the next cell.
+    """
+    import subprocess
+    import sys
+
+    code = f"from ram_edge.benchmarks.harness import matmul_roofline; print(matmul_roofline(threads={threads!r}, n={n}, repeats={repeats}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports
 

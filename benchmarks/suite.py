@@ -27,7 +27,7 @@ import numpy as np
 from ram_edge.errors import ConfigError, RamEdgeError
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features, map_on_tag_names
+from .harness import cpu_features, map_on_tag_names, roofline_in_subprocess
 
 RUNTIME_FORMATS = {"torch": "checkpoint", "ort": "onnx", "openvino": "openvino", "trt": "trt"}
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -259,14 +259,8 @@ class Suite:
         return self.macs[model.name]
 
     def _roofline(self) -> float:
-        """The fp32 matmul roofline (MAC/s), read in a fresh process: torch's thread pool stays busy in the process
-        that ran it, which would steal a core from the next cell."""
-        code = f"from ram_edge.benchmarks.harness import matmul_roofline; print(matmul_roofline(threads={self.config.threads}, n=3072, repeats=2))"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        try:
-            return float(proc.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            return 0.0
+        """The fp32 matmul roofline (MAC/s), read in a fresh process (see `roofline_in_subprocess`)."""
+        return roofline_in_subprocess(self.config.threads, n=3072, repeats=2)
 
     def bench_cell(self, cell: Cell) -> dict[str, Any]:
         """`ram-edge bench --json` in a fresh process; a failure is returned as {'error': ...}."""
