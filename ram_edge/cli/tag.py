@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import compute_precision_option
+from .options import compute_precision_option, model_options
 
 
 def _human(result, chinese: bool) -> str:
@@ -20,11 +20,7 @@ def _human(result, chinese: bool) -> str:
 
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--model", "model", default=None, envvar="RAM_EDGE_MODEL", type=click.Path(),
-              help="Checkpoint directory or bundle [env RAM_EDGE_MODEL; default: the shipped emoji-scene model].")
-@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
-@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU, NPU).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
+@model_options
 @compute_precision_option
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="One threshold for every tag instead of the per-tag ones.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="At most K tags per image (highest scores among those above threshold).")

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .options import compute_precision_option
+from .options import compute_precision_option, model_options
 
 
 def _human(item) -> str:
@@ -20,11 +20,7 @@ def _human(item) -> str:
 
 @click.command()
 @click.argument("source")
-@click.option("--model", "model", default=None, envvar="RAM_EDGE_MODEL", type=click.Path(),
-              help="Checkpoint directory or bundle [env RAM_EDGE_MODEL; default: the shipped emoji-scene model].")
-@click.option("--runtime", default="auto", show_default=True, help="Backend: auto, torch, ort, openvino, trt.")
-@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU, NPU).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
+@model_options
 @compute_precision_option
 @click.option("--every", type=click.IntRange(min=1), default=None, help="Tag every N-th frame of the source.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None, help="Tag at most F frames per second of source time.")
