@@ -1,4 +1,5 @@
-"""Atomic writes: nothing half-written is left on disk after a failure."""
+"""File I/O shared by every module: atomic writes (nothing half-written is left on disk after a failure) and
+the one UTF-8 text reader whose errors name the file, the line and the fix."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from .errors import RamEdgeError
 
 
 def _umask() -> int:
@@ -105,3 +108,41 @@ def read_versioned_json(path: Path, *, fmt: str, version: int, error: type[Excep
             f"(supports {version}); upgrade ram-edge or {fix}"
         )
     return data
+
+
+def _open_error(path: Path, what: str, exc: OSError, error: type[Exception]) -> Exception:
+    if isinstance(exc, FileNotFoundError):
+        return error(f"{path}: {what} not found; check the path")
+    if isinstance(exc, IsADirectoryError):
+        return error(f"{path}: is a directory; pass the {what} itself")
+    return error(f"{path}: cannot read the {what} ({exc.strerror or exc})")
+
+
+def read_text(path: str | Path, *, what: str = "file", error: type[Exception] = RamEdgeError) -> str:
+    """A whole UTF-8 text file; unreadable or non-UTF-8 input raises `error` naming the path, the line and the fix."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _open_error(path, what, exc, error) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(f"{path}, line {line}: not valid UTF-8 ({exc.reason} at byte {exc.start}); save the {what} as UTF-8") from None
+
+
+def iter_text_lines(path: str | Path, *, what: str = "file", error: type[Exception] = RamEdgeError) -> Iterator[tuple[int, str]]:
+    """(line number, line without its end) of a UTF-8 text file, streamed (for files too large to read at once)."""
+    path = Path(path)
+    try:
+        fh = open(path, encoding="utf-8", newline=None)
+    except OSError as exc:
+        raise _open_error(path, what, exc, error) from None
+    with fh:
+        number = 0
+        try:
+            for number, line in enumerate(fh, start=1):
+                yield number, line.rstrip("\n")
+        except UnicodeDecodeError as exc:
+            raise error(f"{path}, line {number + 1}: not valid UTF-8 ({exc.reason}); save the {what} as UTF-8") from None

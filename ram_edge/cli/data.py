@@ -26,9 +26,18 @@ def data() -> None:
 @click.option("--min-objects", default=1, show_default=True, type=click.IntRange(min=1), help="Fewest objects per scene.")
 @click.option("--max-objects", default=5, show_default=True, type=click.IntRange(min=1), help="Most objects per scene.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Rendering processes (output does not depend on it).")
+@click.option("--missing", type=click.FloatRange(0, 1), default=None,
+              help="Caption noise: chance that a caption leaves out each object [default: 0.15].")
+@click.option("--wrong", type=click.FloatRange(0, 1), default=None,
+              help="Caption noise: chance that a caption names one object not in the image [default: 0.05].")
+@click.option("--synonym", type=click.FloatRange(0, 1), default=None,
+              help="Caption noise: chance that an object is named by a synonym [default: 0.2].")
+@click.option("--typo", type=click.FloatRange(0, 1), default=None,
+              help="Caption noise: chance that a caption misspells one word [default: 0].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def scenes(output, count, seed, size, fmt, shard_size, split, image_format, min_objects, max_objects, workers, overwrite, as_json) -> None:
+def scenes(output, count, seed, size, fmt, shard_size, split, image_format, min_objects, max_objects, workers,
+           missing, wrong, synonym, typo, overwrite, as_json) -> None:
     """Render emoji scenes with tags, boxes and noisy captions into OUTPUT, plus categories.json and labels.tsv.
 
     Scene i of a split is generated from (seed, offset + i): train starts at 0, val at 1e9, test at
@@ -43,6 +52,7 @@ def scenes(output, count, seed, size, fmt, shard_size, split, image_format, min_
     report = write_dataset(
         output, count, seed=seed, split=split, size=size, fmt=fmt, shard_size=shard_size, image_format=image_format,
         workers=workers, min_objects=min_objects, max_objects=max_objects, overwrite=overwrite,
+        captions={k: v for k, v in (("missing", missing), ("wrong", wrong), ("synonym", synonym), ("typo", typo)) if v is not None},
     )
     summary = {
         "output": str(report.out_dir), "count": report.count, "split": report.split, "seed": report.seed,

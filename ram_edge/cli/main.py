@@ -30,6 +30,7 @@ COMMANDS = {
     "eval": "ram_edge.cli.eval:eval_command",
     "quantize": "ram_edge.cli.quantize:quantize",
     "watch": "ram_edge.cli.watch:watch",
+    "engine": "ram_edge.cli.engine:engine",
 }
 
 

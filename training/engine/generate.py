@@ -1,0 +1,147 @@
+"""Generation: add the tags a baseline model predicts with high confidence, and (where the checkpoint can caption)
+captions from its caption decoder parsed into tags, to each image's original annotations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ram_edge.errors import ConfigError, RamEdgeError
+
+from .records import Record, output_row, read_records, start_tags
+
+SUMMARY_FILE = "engine.json"
+
+
+@dataclass
+class GenerateOptions:
+    """How generation decides which predictions become tags."""
+
+    tags_from: str = "parse"  # the originals: "parse" the captions, or the rows' "given" tags
+    margin: float = 0.0  # added to each tag's own threshold (stricter than the model's operating point)
+    threshold: float | None = None  # one threshold for every tag instead of the model's own
+    captions: str = "auto"  # "auto": where the checkpoint can caption; "on": required; "off"
+    max_caption_tokens: int = 30
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.captions not in ("auto", "on", "off"):
+            raise ConfigError(f"captions {self.captions!r} is unknown; valid: auto, on, off")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold {self.threshold} must be between 0 and 1")
+        if not -1.0 < self.margin < 1.0:
+            raise ConfigError(f"margin {self.margin} must be between -1 and 1")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size {self.batch_size} must be at least 1")
+
+
+def generation_thresholds(model_thresholds: np.ndarray, options: GenerateOptions) -> np.ndarray:
+    """Per-tag thresholds for adding a generated tag: one global value, or the model's own plus the margin."""
+    if options.threshold is not None:
+        return np.full(len(model_thresholds), options.threshold, np.float32)
+    return np.clip(np.asarray(model_thresholds, np.float32) + options.margin, 1e-4, 1 - 1e-4)
+
+
+def load_label_system(labels: str | Path | None, tags: list[str]):
+    """The label system captions are parsed with: a file, else the model's own tags (no synonyms)."""
+    from ..label_system import LabelSystem
+
+    return LabelSystem.load(labels) if labels else LabelSystem(tags=list(tags))
+
+
+def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: str | Path | None = None,
+             options: GenerateOptions | None = None, runtime: str = "auto", image_root: str | Path | None = None,
+             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Write OUT/annotations.jsonl: DATA's annotations plus the model's confident tags and parsed captions."""
+    from tqdm import tqdm
+
+    from ram_edge.fileio import atomic_dir, refuse_existing
+    from ram_edge.tagger import Tagger
+
+    from ..parse import TagParser
+    from .captioner import captioning_status, load_captioner
+
+    options = options or GenerateOptions()
+    out = Path(out)
+    refuse_existing(out, overwrite)
+    records = read_records(data, image_root)
+    tagger = Tagger.load(model, runtime)
+    system = load_label_system(labels, tagger.tags)
+    start_tags(records, options.tags_from, system)
+    originals = sum(len(r.tags) for r in records)
+    thresholds = generation_thresholds(tagger.labels.thresholds, options)
+    captioner, caption_note = None, None
+    if options.captions != "off":
+        why = captioning_status(model)
+        if why is None:
+            captioner = load_captioner(model, options.max_caption_tokens)
+        elif options.captions == "on":
+            raise ConfigError(f"--captions needs a checkpoint that can caption: {why}")
+        else:
+            caption_note = f"no captions generated: {why}"
+            print(f"note: {caption_note}", file=sys.stderr)
+    parser = TagParser(system) if captioner is not None else None
+    names = tagger.tags
+    failed: list[dict[str, str]] = []
+    bar = tqdm(total=len(records), desc="generate", unit="img", file=sys.stderr, disable=None if progress else True)
+    with bar:
+        for start in range(0, len(records), options.batch_size):
+            chunk = records[start:start + options.batch_size]
+            good, pixels = _load(tagger, chunk, failed)
+            if good:
+                batch = np.stack(pixels)
+                probs = tagger.predict(batch)
+                for rec, row in zip(good, probs):
+                    for i in np.flatnonzero(row >= thresholds):
+                        rec.add(names[i], "generated_tag")
+                if captioner is not None:
+                    for rec, text in zip(good, captioner.caption(batch, [r.tags for r in good])):
+                        rec.row["generated_captions"] = [text]
+                        rec.captions.append(text)
+                        for i in parser.parse(text):
+                            rec.add(system.tags[i], "generated_caption")
+            bar.update(len(chunk))
+    tagger.close()
+    summary = _summary(records, originals, failed, options, model, caption_note)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(output_row(rec, out), ensure_ascii=False) + "\n")
+        system.save(tmp / "labels.tsv")
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return summary
+
+
+def _load(tagger, chunk: list[Record], failed: list[dict[str, str]]) -> tuple[list[Record], list[np.ndarray]]:
+    """Preprocessed pixels of the readable images; unreadable ones keep their original tags and are reported."""
+    good, pixels = [], []
+    for rec in chunk:
+        try:
+            pixels.append(tagger.load_images([rec.image])[0])
+            good.append(rec)
+        except (RamEdgeError, OSError) as exc:
+            failed.append({"image": str(rec.image), "error": str(exc)})
+    return good, pixels
+
+
+def _summary(records: list[Record], originals: int, failed: list[dict[str, str]], options: GenerateOptions,
+             model: str | Path, caption_note: str | None) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    only_generated = 0
+    for rec in records:
+        for tag in rec.tags:
+            for source in rec.sources[tag]:
+                counts[source] = counts.get(source, 0) + 1
+            if not any(s in ("parsed", "given") for s in rec.sources[tag]):
+                only_generated += 1
+    n = len(records)
+    total = sum(len(r.tags) for r in records)
+    return {"step": "generate", "model": str(model), "options": asdict(options), "images": n,
+            "unreadable": len(failed), "failed": failed[:100], "tags_before": originals, "tags_after": total,
+            "tags_per_image_before": originals / n, "tags_per_image_after": total / n,
+            "tags_added": only_generated, "tag_sources": counts, "captions_note": caption_note}
