@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from ram_edge.labels import read_lines
-from ram_edge.training.parse import TagParser, plural_forms
+from ram_edge.training.parse import TagParser
+from ram_edge.training.text_norm import plural_forms
 
 _REPO = Path(__file__).resolve().parents[1]
 _FILLER = (

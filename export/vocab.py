@@ -194,16 +194,9 @@ class _DuplicateKey(Exception):
 
 
 def _read_json_vocab(path: Path) -> tuple[list[str], dict[str, list[str]] | None]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise LabelError(f"{path}: file not found; check the path of the vocabulary") from None
-    except IsADirectoryError:
-        raise LabelError(f"{path}: is a directory; pass the vocabulary file itself") from None
-    except OSError as exc:
-        raise LabelError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise LabelError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+    from ram_edge.fileio import read_text
+
+    text = read_text(path, what="vocabulary", error=LabelError)
     try:
         data = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as exc:

@@ -36,24 +36,10 @@ _MANIFEST_KEYS = ("tags", "tags_zh", "thresholds")
 
 def read_lines(path: str | Path) -> list[str]:
     """Read a UTF-8 text file as ``splitlines()`` does, names kept verbatim."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise LabelError(f"{path}: file not found; check the path of the tag/threshold list") from None
-    except IsADirectoryError:
-        raise LabelError(f"{path}: is a directory; pass the text file itself") from None
-    except OSError as exc:
-        raise LabelError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise LabelError(
-            f"{path}, line {line}: not valid UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8"
-        ) from None
+    from .fileio import read_text
+
     # splitlines() already treats \r\n and \r as one break, like the official text-mode read.
-    return text.splitlines()
+    return read_text(path, what="tag/threshold list", error=LabelError).splitlines()
 
 
 def _check_names(names: list[str], where: str, what: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,7 +11,8 @@ from click.testing import CliRunner
 from ram_edge.cli.main import cli
 from ram_edge.errors import LabelError, RamEdgeError
 from ram_edge.training.label_system import LabelSystem
-from ram_edge.training.parse import TagParser, iter_caption_records, lemmatize, tokenize
+from ram_edge.training.parse import TagParser, iter_caption_records
+from ram_edge.training.text_norm import lemmatize, tokenize
 
 TAGS = ["dog", "hot dog", "ice cream", "ice cream cone", "bus", "person", "glass", "glasses", "wine glass",
         "t-shirt", "cherry", "tomato", "box", "child", "rubik's cube", "café", "run", "hot", "tennis"]
@@ -143,3 +145,14 @@ def test_cli_parse_errors(tmp_path):
     assert res.exit_code == 2 and "caps.jsonl, line 1: not valid JSON" in res.output
     res = CliRunner().invoke(cli, ["parse", str(caps), "--labels", str(tmp_path / "nope.tsv")])
     assert res.exit_code == 2 and "nope.tsv: file not found" in res.output
+
+
+def test_parser_and_label_system_share_text_norm_without_a_cycle():
+    """Tokenising and the lemma tables live in text_norm; parse does not import label_system (not even for types)."""
+    import ast
+
+    import ram_edge.training.parse as parse_module
+
+    tree = ast.parse(Path(parse_module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "label_system" not in imported and "text_norm" in imported

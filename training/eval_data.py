@@ -45,7 +45,6 @@ from typing import Sequence
 import numpy as np
 
 from ram_edge.errors import LabelError
-from ram_edge.labels import read_lines
 
 FORMATS = ("auto", "official", "jsonl")
 
@@ -103,10 +102,9 @@ class EvalSet:
 
 def _read_text_lines(path: Path, what: str) -> list[str]:
     """Lines of a UTF-8 file, with errors that say which input is wrong."""
-    try:
-        return read_lines(path)
-    except LabelError as exc:
-        raise LabelError(f"{what}: {exc}") from None
+    from ram_edge.fileio import read_text
+
+    return read_text(path, what=what, error=LabelError).splitlines()
 
 
 def _resolve_image(root: Path, rel: str) -> Path:

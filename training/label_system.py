@@ -34,7 +34,8 @@ from ram_edge.errors import LabelError
 from ram_edge.fileio import atomic_file
 from ram_edge.labels import DEFAULT_THRESHOLD, LabelSet, _format_threshold, read_lines
 
-from .parse import _LEMMAS, TagParser, phrase_key, tokenize
+from .parse import TagParser
+from .text_norm import LEMMAS, phrase_key, tokenize
 
 COLUMNS = ("tag", "synonyms", "zh", "threshold")
 
@@ -582,7 +583,7 @@ def _build_free(captions, top_n, groups, min_count, wn, cohesion) -> LabelSystem
 
     entity_counts: Counter = Counter()
     uni_counts: Counter = Counter()
-    lem = _LEMMAS
+    lem = LEMMAS
     n_captions = 0
     for n_captions, caption in enumerate(captions, start=1):
         raw = tokenize(_check_caption(caption, n_captions))
