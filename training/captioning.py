@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ram_edge.errors import ConfigError
+from ram_edge.models.head import CrossAttention, Intermediate, ResidualOutput
 
 # The med BERT builds its additive masks as (1 - mask) * -10000, not with the dtype minimum.
 MASK_VALUE = -10000.0
@@ -124,83 +125,17 @@ class CaptionConfig:
 # Modules
 
 
-class MultiHeadAttention(nn.Module):
-    """query/key/value projections and scaled dot-product attention (`*.self.*` keys)."""
-
-    def __init__(self, cfg: CaptionConfig, kv_width: int) -> None:
-        super().__init__()
-        self.num_heads = cfg.num_attention_heads
-        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.key = nn.Linear(kv_width, cfg.hidden_size)
-        self.value = nn.Linear(kv_width, cfg.hidden_size)
-        self.dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """hidden (B, L, H) attends to context (B, T, kv); mask is additive, broadcastable to (B, h, L, T)."""
-        q = self._split(self.query(hidden))
-        k = self._split(self.key(context))
-        v = self._split(self.value(context))
-        # Same order as the official code: divide after the product, then add the mask.
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        if mask is not None:
-            scores = scores + mask
-        probs = self.dropout(scores.softmax(dim=-1))
-        out = torch.matmul(probs, v).transpose(1, 2).contiguous()
-        return out.view(out.shape[0], out.shape[1], -1)
-
-
-class ResidualLayerNorm(nn.Module):
-    """dense -> dropout -> LayerNorm(that + residual): BERT's post-LN output block."""
-
-    def __init__(self, in_width: int, cfg: CaptionConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(in_width, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
-
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """Project, add the residual, normalise."""
-        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
-
-
-class AttentionBlock(nn.Module):
-    """Attention + output block (`attention.self/output` or `crossattention.self/output`)."""
-
-    def __init__(self, cfg: CaptionConfig, kv_width: int) -> None:
-        super().__init__()
-        self.self = MultiHeadAttention(cfg, kv_width)
-        self.output = ResidualLayerNorm(cfg.hidden_size, cfg)
-
-    def forward(self, hidden: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Attend, then residual + LayerNorm."""
-        return self.output(self.self(hidden, context, mask), hidden)
-
-
-class FeedForwardIn(nn.Module):
-    """Linear -> exact erf GELU (`intermediate.dense`)."""
-
-    def __init__(self, cfg: CaptionConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Expand and activate."""
-        return F.gelu(self.dense(x))
-
-
 class BertLayerWithCross(nn.Module):
     """Self-attention, cross-attention, feed-forward; each post-LN (one med BERT layer)."""
 
     def __init__(self, cfg: CaptionConfig, kv_width: int) -> None:
         super().__init__()
-        self.attention = AttentionBlock(cfg, cfg.hidden_size)
-        self.crossattention = AttentionBlock(cfg, kv_width)
-        self.intermediate = FeedForwardIn(cfg)
-        self.output = ResidualLayerNorm(cfg.intermediate_size, cfg)
+        # The blocks are the recognition decoder's (ram_edge.models.head), with the same med-BERT key names,
+        # plus the self-attention mask and dropout rates a caption branch needs.
+        self.attention = CrossAttention(cfg, cfg.hidden_size)
+        self.crossattention = CrossAttention(cfg, kv_width)
+        self.intermediate = Intermediate(cfg)
+        self.output = ResidualOutput(cfg.intermediate_size, cfg)
 
     def forward(
         self,
