@@ -59,7 +59,8 @@ def build_checkpoint(workdir: Path, preset: str = PRESET) -> Path:
 
 
 def count_macs(ckpt: Path, queries: list[int]) -> dict[str, float]:
-    """Multiply-accumulates per image: encoder (+image_proj) and decoder at each query count."""
+    """Multiply-accumulates per image: encoder (+image_proj) and decoder at each query count (RAM++: with the
+    per-image mixing of the description embeddings, which scales with the tags too)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -73,13 +74,19 @@ def count_macs(ckpt: Path, queries: list[int]) -> dict[str, float]:
         with FlopCounterMode(display=False) as counter:
             embeds = model.forward_features(x)
         out["encoder"] = counter.get_total_flops() / 2
-        all_queries = model.label_queries()
         for n in queries:
-            q = all_queries[:, :n]
             with FlopCounterMode(display=False) as counter:
-                model.forward_head(embeds, q)
+                model.forward_head(embeds, subset_queries(model, embeds, n))
             out[f"decoder_{n}"] = counter.get_total_flops() / 2
     return out
+
+
+def subset_queries(model, embeds, n: int):
+    """The decoder queries of the first n tags: RAM's are precomputed at export (not counted), RAM++'s are mixed
+    per image from the description embeddings (counted: call this inside the timer / MAC counter)."""
+    if model.family == "ram_plus":
+        return model.label_queries(embeds, model.label_embed[: n * model.config.des_per_class])
+    return model.label_queries()[:, :n].contiguous()
 
 
 def torch_decoder_times(ckpt: Path, queries: list[int], threads: int, iters: int = 5) -> dict[int, float]:
@@ -92,15 +99,15 @@ def torch_decoder_times(ckpt: Path, queries: list[int], threads: int, iters: int
     model, _ = load_checkpoint(ckpt)
     embeds = torch.randn(1, 1 + model.config.swin.num_tokens, model.config.embed_dim)
     out = {}
+    ram_plus = model.family == "ram_plus"
     with torch.inference_mode():
-        all_queries = model.label_queries()
         for n in queries:
-            q = all_queries[:, :n].contiguous()
+            q = subset_queries(model, embeds, n)
             model.forward_head(embeds, q)
             times = []
             for _ in range(iters):
                 start = time.perf_counter()
-                model.forward_head(embeds, q)
+                model.forward_head(embeds, subset_queries(model, embeds, n) if ram_plus else q)
                 times.append(time.perf_counter() - start)
             out[n] = float(np.median(times))
     return out

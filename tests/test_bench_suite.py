@@ -104,3 +104,15 @@ def test_fp16_export_of_a_one_layer_decoder(micro_checkpoint, tmp_path):
 
     manifest = export_bundle(micro_checkpoint, tmp_path / "fp16", precision="fp16")
     assert manifest["precision"] == "fp16" and manifest["validation"]["max_abs_diff"] <= manifest["validation"]["tolerance"]
+
+
+def test_mac_counts_cover_ram_plus_description_mixing(converted_golden):
+    """RAM++ queries depend on the image: the decoder's MACs at n tags include mixing n tags' descriptions."""
+    from ram_edge.benchmarks.full_size import count_macs, torch_decoder_times
+
+    for name, ckpt in converted_golden.items():
+        total = len((ckpt / "tags.txt").read_text(encoding="utf-8").splitlines())
+        macs = count_macs(ckpt, [2, total])
+        assert macs["encoder"] > 0 and 0 < macs["decoder_2"] < macs[f"decoder_{total}"], name
+        times = torch_decoder_times(ckpt, [2], threads=1, iters=1)
+        assert times[2] > 0
