@@ -24,10 +24,9 @@ import numpy as np
 
 from ram_edge.errors import ConfigError, RamEdgeError
 
-from .records import Record, output_row, read_records, start_tags
+from .records import Record, read_records, start_tags, write_output
 from .regions import Region, RegionIndex, read_regions
 
-SUMMARY_FILE = "engine.json"
 SHARD_SUFFIX = ".npz"
 
 
@@ -211,7 +210,7 @@ def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | P
     """Write OUT/annotations.jsonl: DATA without the tags its regions contradict (resumable through work_dir)."""
     from tqdm import tqdm
 
-    from ram_edge.fileio import atomic_dir, atomic_file, refuse_existing
+    from ram_edge.fileio import atomic_file, refuse_existing
 
     from .generate import load_label_system
     from .shards import ShardDir, fingerprint, shard_ranges
@@ -257,12 +256,7 @@ def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | P
                "tags_before": before, "tags_after": after, "tags_per_image_before": before / n,
                "tags_per_image_after": after / n, "dropped": {k: counts[k] for k in ("outlier", "contrary", "unlocated")},
                "judged": counts["judged"]}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(output_row(rec, out), ensure_ascii=False) + "\n")
-        system.save(tmp / "labels.tsv")
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_output(out, records, system, summary, overwrite=overwrite)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return summary

@@ -3,7 +3,6 @@ captions from its caption decoder parsed into tags, to each image's original ann
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,9 +12,8 @@ import numpy as np
 
 from ram_edge.errors import ConfigError, RamEdgeError
 
-from .records import Record, output_row, read_records, start_tags
+from .records import ORIGINAL_SOURCES, Record, read_records, start_tags, write_output
 
-SUMMARY_FILE = "engine.json"
 
 
 @dataclass
@@ -60,7 +58,7 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
     """Write OUT/annotations.jsonl: DATA's annotations plus the model's confident tags and parsed captions."""
     from tqdm import tqdm
 
-    from ram_edge.fileio import atomic_dir, refuse_existing
+    from ram_edge.fileio import refuse_existing
     from ram_edge.tagger import Tagger
 
     from ..parse import TagParser
@@ -108,12 +106,7 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
             bar.update(len(chunk))
     tagger.close()
     summary = _summary(records, originals, failed, options, model, caption_note)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(output_row(rec, out), ensure_ascii=False) + "\n")
-        system.save(tmp / "labels.tsv")
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_output(out, records, system, summary, overwrite=overwrite)
     return summary
 
 
@@ -137,7 +130,7 @@ def _summary(records: list[Record], originals: int, failed: list[dict[str, str]]
         for tag in rec.tags:
             for source in rec.sources[tag]:
                 counts[source] = counts.get(source, 0) + 1
-            if not any(s in ("parsed", "given") for s in rec.sources[tag]):
+            if not any(s in ORIGINAL_SOURCES for s in rec.sources[tag]):
                 only_generated += 1
     n = len(records)
     total = sum(len(r.tags) for r in records)

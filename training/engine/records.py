@@ -18,6 +18,7 @@ from typing import Any, Iterator
 from ram_edge.errors import ConfigError
 
 ORIGINAL_SOURCES = ("parsed", "given")
+SUMMARY_FILE = "engine.json"
 
 
 @dataclass
@@ -141,3 +142,15 @@ def output_row(rec: Record, out_dir: Path, extra: dict[str, Any] | None = None) 
     row["tag_sources"] = {t: list(rec.sources[t]) for t in rec.tags}
     row.update(extra or {})
     return row
+
+
+def write_output(out: Path, records: list[Record], label_system, summary: dict[str, Any], *, overwrite: bool = False) -> None:
+    """OUT/annotations.jsonl, labels.tsv and engine.json (the summary), written in a temporary folder then renamed."""
+    from ram_edge.fileio import atomic_dir
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with open(tmp / "annotations.jsonl", "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(output_row(rec, out), ensure_ascii=False) + "\n")
+        label_system.save(tmp / "labels.tsv")
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
