@@ -489,3 +489,14 @@ def test_ram_plus_int8_bundle_stores_description_embeddings_once_in_fp16(micro, 
     descriptions = [a for a in arrays if a.size == classes * des * dim]
     assert len(descriptions) == 1 and descriptions[0].dtype == np.float16
     assert Tagger.load(bundle, runtime="ort").predict(_batch(micro)).shape == (6, classes)
+    # The OpenVINO INT8 IR keeps them (and every other float constant) in fp16 too.
+    import openvino as ov
+
+    ir = tmp_path / "int8-ir"
+    result = _run("export", checkpoint, "-o", ir, "--format", "openvino", "--precision", "int8", "--calib", micro["images"] / "album",
+                  "--calib-size", 8)
+    assert result.exit_code == 0, result.output
+    constants = [op for op in ov.Core().read_model(str(ir / "model.xml")).get_ops() if op.get_type_name() == "Constant"]
+    big = [op for op in constants if int(np.prod(list(op.get_output_shape(0)))) == classes * des * dim]
+    assert big and all(op.get_element_type() == ov.Type.f16 for op in big)
+    assert Tagger.load(ir, runtime="openvino").predict(_batch(micro)).shape == (6, classes)
