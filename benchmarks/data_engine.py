@@ -14,13 +14,13 @@ Work files live in work-out/data_engine (git-ignored).
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ram_edge.benchmarks.harness import cpu_features, run_cli
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -42,13 +42,8 @@ ROW_NAMES = {"a": "(a) parsed tags only", "b": "(b) + generation", "c": "(c) + g
 
 def sh(*args: str, log: Path | None = None) -> float:
     """Run a ram-edge command (failing loudly); wall seconds."""
-    print("+ ram-edge", " ".join(args), file=sys.stderr, flush=True)
     start = time.perf_counter()
-    if log is None:
-        subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], check=True)
-    else:
-        with open(log, "a", encoding="utf-8") as fh:
-            subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], check=True, stdout=fh, stderr=subprocess.STDOUT)
+    run_cli(*args, log_file=log)
     return time.perf_counter() - start
 
 
@@ -75,9 +70,8 @@ def prepare() -> None:
 def evaluate(model: Path, out: Path) -> dict:
     """`ram-edge eval` on the test split (torch runtime), cached as JSON."""
     if not out.exists():
-        result = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "eval", str(model), str(WORK / "test" / "annotations.jsonl"),
-                                 "--runtime", "torch", "--batch-size", "64", "--json"], check=True, capture_output=True, text=True)
-        out.write_text(result.stdout)
+        out.write_text(run_cli("eval", model, WORK / "test" / "annotations.jsonl", "--runtime", "torch", "--batch-size", "64",
+                               "--json", capture=True))
     return json.loads(out.read_text())
 
 
@@ -185,17 +179,8 @@ def drop_precision(truth: list[set[str]]) -> dict[str, dict[str, int]]:
 
 
 def _machine() -> str:
-    import os
-
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
-        have = set(next(line for line in text.splitlines() if line.startswith("flags")).split())
-        flags = ", ".join(f for f in wanted if f in have)
-    except (OSError, StopIteration):
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores, {flags or 'flags unknown'}"
+    cpu = cpu_features()
+    return f"{cpu['model']}, {cpu['cores']} cores, {', '.join(cpu['features']) or 'no AVX2'}"
 
 
 def report() -> None:

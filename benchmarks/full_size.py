@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import roofline_in_subprocess, write_markdown_report
+from .harness import roofline_in_subprocess, run_cli, write_markdown_report
 
 PRESET = "ram_swin_large_384"
 # Report file stem per architecture (benchmarks/full_size_<stem>.md).
@@ -125,13 +124,8 @@ def export(ckpt: Path, dest: Path, fmt: str, tags: list[str] | None = None) -> P
 
 def bench(path: Path, runtime: str, batch: int, threads: int, iters: int, warmup: int) -> dict:
     """`ram-edge bench --json` in a fresh process."""
-    _log(f"bench {runtime} batch {batch} {path.name}")
-    cmd = [sys.executable, "-m", "ram_edge.cli.main", "bench", str(path), "--runtime", runtime, "--batch-size", str(batch),
-           "--iters", str(iters), "--warmup", str(warmup), "--threads", str(threads), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
+    return json.loads(run_cli("bench", path, "--runtime", runtime, "--batch-size", batch, "--iters", iters, "--warmup", warmup,
+                              "--threads", threads, "--json", capture=True))
 
 
 def _bound_text(macs: dict[str, float], num: int, subset: int) -> str:

@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import map_on_tag_names
+from .harness import map_on_tag_names, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"int8_speedup_b8": 3.0, "default_map_drop": 0.5}
@@ -44,12 +43,8 @@ def _log(msg: str) -> None:
 
 
 def sh(*args: str) -> str:
-    """Run a ram-edge command (printed first); its stdout."""
-    _log("ram-edge " + " ".join(args))
-    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        raise SystemExit(f"`ram-edge {' '.join(args)}` failed with exit code {proc.returncode}")
-    return proc.stdout
+    """Run a ram-edge command; its stdout (the seam the CPU test replaces with an in-process call)."""
+    return run_cli(*args, capture=True)
 
 
 def environment() -> dict[str, Any]:

@@ -172,6 +172,39 @@ def cpu_features() -> dict[str, Any]:
             "bf16": "BF16" in capabilities, "openvino_capabilities": capabilities}
 
 
+def log(msg: str) -> None:
+    """A timestamped progress line on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class CliFailed(RamEdgeError):
+    """A `ram-edge` command run by a benchmark script exited with an error."""
+
+
+def run_cli(*args: Any, capture: bool = False, log_file: str | Path | None = None) -> str:
+    """Run `ram-edge ARGS` in a fresh interpreter, announced on stderr first; its stdout when `capture`.
+
+    Output goes to the terminal, is appended to `log_file`, or (`capture`) is returned (stdout) and kept for
+    the error (stderr). A non-zero exit raises CliFailed naming the command and its last error line.
+    """
+    import subprocess
+
+    words = [str(a) for a in args]
+    log("ram-edge " + " ".join(words))
+    command = [sys.executable, "-m", "ram_edge.cli.main", *words]
+    if log_file is not None:
+        with open(log_file, "a", encoding="utf-8") as fh:
+            proc = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    else:
+        pipe = subprocess.PIPE if capture else None
+        proc = subprocess.run(command, stdout=pipe, stderr=pipe, text=True)
+    if proc.returncode:
+        last = ((proc.stderr or "").strip().splitlines() or [f"exit code {proc.returncode}"])[-1].removeprefix("error: ")
+        where = f" (see {log_file})" if log_file is not None else ""
+        raise CliFailed(f"`ram-edge {' '.join(words[:2])}` failed: {last}{where}")
+    return proc.stdout or ""
+
+
 def map_on_tag_names(probs: np.ndarray, tags: list[str], truth: list[list[str]]) -> float:
     """mAP (in %) of `probs` (N, len(tags)) against per-image true tag names (names outside `tags` ignored)."""
     from ram_edge.training.metrics import mean_average_precision

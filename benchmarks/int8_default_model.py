@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ram_edge.benchmarks.harness import _package_version, bundle_model_mb, cpu_features, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "ram_edge" / "assets" / "default_model" / "checkpoint"
@@ -29,12 +30,6 @@ FORMATS = {"onnx": "ort", "openvino": "openvino"}
 TARGETS = {"qat_seen": 0.5, "qat_heldout": 1.0, "agreement": 0.98, "weights": 0.1}
 
 
-def sh(*args: str) -> None:
-    """Run a ram-edge command (printed first), failing loudly."""
-    print("+ ram-edge", " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], check=True)
-
-
 def prepare(work: Path, test_count: int, qat_count: int) -> None:
     """Rendered splits (calibration/QAT from the train split, test, held-out) and the held-out tag list."""
     from ram_edge.training.scenes import categories, split_categories
@@ -42,7 +37,7 @@ def prepare(work: Path, test_count: int, qat_count: int) -> None:
     for name, split, count, seed in (("qat_data", "train", qat_count, 7), ("test", "test", test_count, 0),
                                      ("heldout", "heldout", 1000, 0)):
         if not (work / name / "annotations.jsonl").is_file():
-            sh("data", "scenes", "-o", str(work / name), "--count", str(count), "--split", split, "--seed", str(seed), "--overwrite")
+            run_cli("data", "scenes", "-o", str(work / name), "--count", str(count), "--split", split, "--seed", str(seed), "--overwrite")
     _, held = split_categories(categories())
     (work / "heldout_tags.txt").write_text("".join(c.name + "\n" for c in held), encoding="utf-8")
 
@@ -61,7 +56,7 @@ def quantize(work: Path, model: Path, calib_size: int, qat_steps: int) -> dict[s
         if method == "qat":
             args += ["--steps", str(qat_steps), "--run-dir", str(work / "q_qat.run")]
         started = time.perf_counter()
-        sh(*args)
+        run_cli(*args)
         (work / f"q_{method}.seconds").write_text(f"{time.perf_counter() - started:.1f}")
     return out
 
@@ -79,7 +74,7 @@ def export(work: Path, checkpoints: dict[str, Path]) -> dict[tuple[str, str, str
                 args = ["export", str(checkpoint), "-o", str(target), "--format", fmt, "--overwrite"]
                 if kind == "heldout":
                     args += ["--vocab", str(work / "heldout_tags.txt"), "--text-encoder", "minilm"]
-                sh(*args)
+                run_cli(*args)
     return bundles
 
 
@@ -124,9 +119,8 @@ def _metrics(probs: np.ndarray, labels, truth: list[list[str]], reference_fired:
 
 
 def _latency(bundle: Path, runtime: str, batch: int) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "bench", str(bundle), "--runtime", runtime, "--batch-size",
-                           str(batch), "--iters", "30", "--threads", "2", "--json"], check=True, capture_output=True, text=True)
-    result = json.loads(proc.stdout)
+    result = json.loads(run_cli("bench", bundle, "--runtime", runtime, "--batch-size", batch, "--iters", 30, "--threads", 2, "--json",
+                                capture=True))
     return {"ms_per_image": result["latency_image_ms"]["p50"], "peak_rss_mb": result["peak_rss_mb"]}
 
 
@@ -287,8 +281,6 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = quantize(work, args.model, args.calib_size, args.qat_steps)
     bundles = export(work, checkpoints)
     result = measure(work, bundles)
-    from ram_edge.benchmarks.harness import _package_version, bundle_model_mb, cpu_features
-
     result.update({
         "date": datetime.date.today().isoformat(),
         "command": "python -m ram_edge.benchmarks.int8_default_model " + " ".join(sys.argv[1:] if argv is None else argv),

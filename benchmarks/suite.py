@@ -27,7 +27,7 @@ import numpy as np
 from ram_edge.errors import ConfigError, RamEdgeError
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features, map_on_tag_names, roofline_in_subprocess
+from .harness import cpu_features, log, map_on_tag_names, roofline_in_subprocess, run_cli
 
 RUNTIME_FORMATS = {"torch": "checkpoint", "ort": "onnx", "openvino": "openvino", "trt": "trt"}
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -37,10 +37,6 @@ VALID = {("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8"), (
          ("openvino", "int8"), ("openvino", "bf16"), ("trt", "fp16"), ("trt", "int8")}
 TARGETS = {"roofline_pct": 85.0, "subset_of_bound": 0.90, "int8_size": 0.30, "int8_memory": 0.60, "cold_start_s": 1.0,
            "int8_speed_vnni": 2.5, "int8_speed_ort": 1.2, "int8_speed_openvino": 1.0}
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -153,11 +149,7 @@ class Suite:
 
     # -- artifacts -----------------------------------------------------------------------------------
     def _sh(self, *args: str) -> None:
-        _log("ram-edge " + " ".join(args))
-        proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], capture_output=True, text=True)
-        if proc.returncode:
-            last = (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")
-            raise RamEdgeError(f"`ram-edge {args[0]}` failed: {last}")
+        run_cli(*args, capture=True)
 
     def checkpoint(self, model: SuiteModel) -> Path:
         """The float checkpoint of a suite model."""
@@ -367,11 +359,11 @@ class Suite:
                 row = rows[cell.key]
                 if "error" in result:
                     row["errors"].append(result["error"])
-                    _log(f"{cell.key}: error: {result['error']}")
+                    log(f"{cell.key}: error: {result['error']}")
                 else:
                     result["roofline_macs_s"] = self.readings[-1] if self.readings else None
                     row["rounds"].append(result)
-                    _log(f"{cell.key}: {result['latency_image_ms']['p50']:.2f} ms/image")
+                    log(f"{cell.key}: {result['latency_image_ms']['p50']:.2f} ms/image")
                 bar.update(1)
         if self.config.roofline:
             self.readings.append(self._roofline())
@@ -388,7 +380,7 @@ class Suite:
             try:
                 reference = self.reference(model)
             except RamEdgeError as exc:
-                _log(f"{model.name}: no accuracy reference: {exc}")
+                log(f"{model.name}: no accuracy reference: {exc}")
                 continue
             done: dict[tuple, dict] = {}
             for cell in cells:
@@ -421,7 +413,7 @@ class Suite:
             try:
                 macs = self.mac_counts(self.models[cell.model])
             except Exception as exc:  # noqa: BLE001 - MAC counting needs torch; the row stays without it
-                _log(f"{cell.model}: no MAC counts ({exc})")
+                log(f"{cell.model}: no MAC counts ({exc})")
                 return
             n = macs["num_tags"] if cell.tags == "all" else int(cell.tags)
             per_image_macs = macs["encoder"] + macs[f"decoder_{n}"]
@@ -512,7 +504,7 @@ def plots(result: dict[str, Any], directory: Path, stem: str) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        _log("matplotlib is not installed: no plots (pip install 'ram-edge[plots]')")
+        log("matplotlib is not installed: no plots (pip install 'ram-edge[plots]')")
         return []
     rows = [r for r in result["rows"] if r.get("ms_per_image") is not None]
     written = []
@@ -634,5 +626,5 @@ def write_report(result: dict[str, Any], directory: Path) -> Path:
         fh.write("\n".join(lines) + "\n")
     with atomic_file(path.with_suffix(".json"), "w") as fh:
         json.dump({**result, "plots": images}, fh, indent=1, default=str)
-    _log(f"wrote {path}")
+    log(f"wrote {path}")
     return path

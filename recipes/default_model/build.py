@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,8 +41,9 @@ STAGES = [(None, None), (2700, 1800), (3000, None), (4700, None)]
 
 def sh(*args: str) -> None:
     """Run a ram-edge command, failing loudly."""
-    print("+ ram-edge", " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *args], check=True)
+    from ram_edge.benchmarks.harness import run_cli
+
+    run_cli(*args)
 
 
 def prepare() -> None:
@@ -174,10 +174,11 @@ def finalize(model_dir: Path | None = None) -> None:
     ship_examples(SHIP / "examples")
     # 5. the shipped bundle through `ram-edge eval` must reproduce the torch mAP
     eval_json = WORK / "eval_test.json"
-    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "eval", str(SHIP / "bundle"), str(DATA / "test" / "annotations.jsonl"),
-                           "--runtime", "ort", "--json"], check=True, capture_output=True, text=True)
-    eval_json.write_text(proc.stdout)
-    bundle_map = json.loads(proc.stdout)["mAP"]
+    from ram_edge.benchmarks.harness import run_cli
+
+    stdout = run_cli("eval", SHIP / "bundle", DATA / "test" / "annotations.jsonl", "--runtime", "ort", "--json", capture=True)
+    eval_json.write_text(stdout)
+    bundle_map = json.loads(stdout)["mAP"]
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     results = {
         "seen_test_map": seen_map, "seen_test_f1_tuned": 100 * prf.macro["f1"], "seen_test_precision_tuned": 100 * prf.macro["precision"],
