@@ -140,7 +140,7 @@ def train_row(row: str) -> None:
     cfg["data"]["path"] = str(WORK / folder)
     cfg["data"]["tags_from"] = tags_from
     (run / "train.json").write_text(json.dumps(cfg, indent=1))
-    final = run / "run" / "final"
+    final = run / "run" / "model"
     if not (final / "config.json").exists():
         seconds = sh("train", str(run / "train.json"), log=run / "train.log")
         record_time(f"train-{row}", seconds)
@@ -195,7 +195,7 @@ def report() -> None:
     result["baseline_map"] = evaluate(BASELINE, WORK / "baseline_eval.json")["mAP"]
     for row, (folder, tags_from) in ROWS.items():
         entry = annotation_stats(WORK / folder, tags_from, truth, labels)
-        entry["mAP"] = evaluate(WORK / f"row-{row}" / "run" / "final", WORK / f"row-{row}" / "eval.json")["mAP"]
+        entry["mAP"] = evaluate(WORK / f"row-{row}" / "run" / "model", WORK / f"row-{row}" / "eval.json")["mAP"]
         result["rows"][row] = entry
     result["generate"] = json.loads((WORK / "generated" / "engine.json").read_text())
     result["clean"] = json.loads((WORK / "cleaned" / "engine.json").read_text())

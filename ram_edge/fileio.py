@@ -112,9 +112,9 @@ def read_versioned_json(path: Path, *, fmt: str, version: int, error: type[Excep
 
 def _open_error(path: Path, what: str, exc: OSError, error: type[Exception]) -> Exception:
     if isinstance(exc, FileNotFoundError):
-        return error(f"{path}: {what} not found; check the path")
+        return error(f"{path}: file not found; check the path of the {what}")
     if isinstance(exc, IsADirectoryError):
-        return error(f"{path}: is a directory; pass the {what} itself")
+        return error(f"{path}: is a directory; pass the {what} file itself")
     return error(f"{path}: cannot read the {what} ({exc.strerror or exc})")
 
 
