@@ -34,6 +34,7 @@ COMMAND_EXTRAS = {
     "bench": "torch",
     "quantize": "train",
     "watch": "video",
+    "engine": "train",
 }
 
 # What setup.cfg declares, for when the distribution's metadata cannot be read (a source tree on
