@@ -58,16 +58,17 @@ def _report(summary: dict, as_json: bool, out: str) -> None:
 @click.option("--captions/--no-captions", "captions", default=None,
               help="Generate captions with the checkpoint's caption decoder and parse them [default: when it has one].")
 @click.option("--runtime", default="auto", show_default=True, help="Backend for tagging: auto, torch, ort, openvino, trt.")
+@click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @_data_options
-def generate(data, model, output, tags_from, margin, threshold, captions, runtime, batch_size, image_root, labels,
+def generate(data, model, output, tags_from, margin, threshold, captions, runtime, device, batch_size, image_root, labels,
              overwrite, as_json) -> None:
     """Add the tags MODEL predicts with confidence (and parsed generated captions) to DATA's annotations."""
     from ram_edge.training.engine.generate import GenerateOptions, generate as run
 
     options = GenerateOptions(tags_from=tags_from, margin=margin, threshold=threshold, batch_size=batch_size,
                               captions="auto" if captions is None else "on" if captions else "off")
-    summary = run(data, model, output, labels=labels, options=options, runtime=runtime, image_root=image_root,
+    summary = run(data, model, output, labels=labels, options=options, runtime=runtime, device=device, image_root=image_root,
                   overwrite=overwrite)
     _report(summary, as_json, output)
 
@@ -95,6 +96,7 @@ def generate(data, model, output, tags_from, margin, threshold, captions, runtim
               help="Crop a square of this many times the box's longer side around it (1: the box itself).")
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Ignore regions with a lower detector score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Crops per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for the image encoder (cpu, cuda, cuda:1).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per resumable shard.")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="Where finished shards are kept; re-running the same command resumes from them [default: OUTPUT.engine-work].")
@@ -102,13 +104,13 @@ def generate(data, model, output, tags_from, margin, threshold, captions, runtim
 @click.option("--keep-work", is_flag=True, help="Keep --work-dir after success.")
 @_data_options
 def clean(data, model, regions, output, tags_from, outlier_fraction, clusters, min_regions, region_check, region_threshold,
-          unlocated, context, min_score, batch_size, shard_size, work_dir, restart, keep_work, image_root, labels, overwrite, as_json) -> None:
+          unlocated, context, min_score, batch_size, device, shard_size, work_dir, restart, keep_work, image_root, labels, overwrite, as_json) -> None:
     """Remove the tags of DATA whose regions are outliers of their category or that MODEL contradicts on them."""
     from ram_edge.training.engine.clean import CleanOptions, clean as run
 
     options = CleanOptions(tags_from=tags_from, outlier_fraction=outlier_fraction, clusters=clusters, min_regions=min_regions,
                            region_check=region_check, region_threshold=region_threshold, unlocated=unlocated,
                            min_score=min_score, context=context, batch_size=batch_size, shard_size=shard_size)
-    summary = run(data, model, regions, output, labels=labels, options=options, work_dir=work_dir, restart=restart,
+    summary = run(data, model, regions, output, labels=labels, options=options, device=device, work_dir=work_dir, restart=restart,
                   keep_work=keep_work, image_root=image_root, overwrite=overwrite)
     _report(summary, as_json, output)

@@ -12,9 +12,10 @@ from ram_edge.errors import ConfigError
 class Captioner:
     """Greedy tag-guided captions from a ram-edge training checkpoint (tag encoder + text decoder)."""
 
-    def __init__(self, model, max_length: int = 30) -> None:
+    def __init__(self, model, max_length: int = 30, device=None) -> None:
         self.model = model
         self.max_length = max_length
+        self.device = device
 
     def caption(self, pixels: np.ndarray, tags: list[list[str]]) -> list[str]:
         """One caption per preprocessed image (N, 3, S, S), guided by each image's tags."""
@@ -22,7 +23,7 @@ class Captioner:
 
         strings = [" | ".join(t) for t in tags]
         with torch.inference_mode():
-            return self.model.caption(torch.from_numpy(pixels), strings, max_length=self.max_length)
+            return self.model.caption(torch.from_numpy(pixels).to(self.device or "cpu"), strings, max_length=self.max_length)
 
 
 def captioning_status(path: str | Path) -> str | None:
@@ -40,7 +41,7 @@ def captioning_status(path: str | Path) -> str | None:
     return None
 
 
-def load_captioner(path: str | Path, max_length: int = 30) -> Captioner:
+def load_captioner(path: str | Path, max_length: int = 30, device: str | None = None) -> Captioner:
     """The captioning model of a checkpoint directory trained with loss.captioning (see `captioning_status`)."""
     from safetensors.torch import load_file
 
@@ -67,4 +68,7 @@ def load_captioner(path: str | Path, max_length: int = 30) -> Captioner:
     if missing:
         raise ConfigError(f"{path}: captioning weights do not fit the recorded caption settings (missing e.g. {sorted(missing)[0]})")
     model.tag_names = list(info.labels.tags)
-    return Captioner(model.eval(), max_length)
+    from .clean import _torch_device
+
+    target = _torch_device(device)
+    return Captioner(model.eval().to(target), max_length, target)

@@ -71,7 +71,7 @@ class CleanOptions:
 class RegionEmbedder:
     """Crops -> (unit pooled-token embeddings, per-class probabilities) with a torch checkpoint."""
 
-    def __init__(self, model_path: str | Path) -> None:
+    def __init__(self, model_path: str | Path, device: str | None = None) -> None:
         from ram_edge.checkpoint_dir import is_checkpoint_dir
         from ram_edge.models.checkpoint import load_checkpoint
 
@@ -79,6 +79,8 @@ class RegionEmbedder:
             raise ConfigError(f"{model_path}: cleaning needs a checkpoint directory (it embeds regions with the image "
                               "encoder, which a bundle does not expose); pass the checkpoint the bundle was exported from")
         self.model, self.info = load_checkpoint(model_path)
+        self.device = _torch_device(device)
+        self.model.to(self.device)
         self.tags = list(self.info.labels.tags)
         self.index = {t: i for i, t in enumerate(self.tags)}
 
@@ -87,10 +89,23 @@ class RegionEmbedder:
         import torch
 
         with torch.inference_mode():
-            feats = self.model.forward_features(torch.from_numpy(crops))
+            feats = self.model.forward_features(torch.from_numpy(crops).to(self.device))
             probs = torch.sigmoid(self.model.forward_head(feats))
             pooled = torch.nn.functional.normalize(feats[:, 0], dim=-1)
-        return pooled.numpy().astype(np.float32), probs.numpy()
+        return pooled.float().cpu().numpy(), probs.float().cpu().numpy()
+
+
+def _torch_device(device: str | None):
+    """cpu unless asked; a CUDA device that is not there is a clear error."""
+    import torch
+
+    name = (device or "cpu").strip().lower()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available to torch here; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device ({exc}); use cpu or cuda[:N]") from None
 
 
 def _regions_of(rec: Record, index: RegionIndex, options: CleanOptions, size: tuple[int, int]) -> list[Region]:
@@ -204,7 +219,7 @@ def decide(records: list[Record], data: dict[str, np.ndarray], outlier: np.ndarr
 
 
 def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | Path, *, labels: str | Path | None = None,
-          options: CleanOptions | None = None, work_dir: str | Path | None = None, restart: bool = False,
+          options: CleanOptions | None = None, device: str | None = None, work_dir: str | Path | None = None, restart: bool = False,
           keep_work: bool = False, image_root: str | Path | None = None, overwrite: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Write OUT/annotations.jsonl: DATA without the tags its regions contradict (resumable through work_dir)."""
@@ -221,7 +236,7 @@ def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | P
     out = Path(out)
     refuse_existing(out, overwrite)
     records = read_records(data, image_root)
-    embedder = RegionEmbedder(model)
+    embedder = RegionEmbedder(model, device)
     system = load_label_system(labels, embedder.tags)
     start_tags(records, options.tags_from, system)
     index = read_regions(regions, options.min_score)

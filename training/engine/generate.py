@@ -53,7 +53,7 @@ def load_label_system(labels: str | Path | None, tags: list[str]):
 
 
 def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: str | Path | None = None,
-             options: GenerateOptions | None = None, runtime: str = "auto", image_root: str | Path | None = None,
+             options: GenerateOptions | None = None, runtime: str = "auto", device: str | None = None, image_root: str | Path | None = None,
              overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write OUT/annotations.jsonl: DATA's annotations plus the model's confident tags and parsed captions."""
     from tqdm import tqdm
@@ -68,7 +68,7 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
     out = Path(out)
     refuse_existing(out, overwrite)
     records = read_records(data, image_root)
-    tagger = Tagger.load(model, runtime)
+    tagger = Tagger.load(model, runtime, device)
     system = load_label_system(labels, tagger.tags)
     start_tags(records, options.tags_from, system)
     originals = sum(len(r.tags) for r in records)
@@ -77,7 +77,9 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
     if options.captions != "off":
         why = captioning_status(model)
         if why is None:
-            captioner = load_captioner(model, options.max_caption_tokens)
+            # The caption decoder runs in torch: on the runtime's CUDA device when there is one, else the CPU.
+            cuda = device if device and str(device).lower().startswith("cuda") else None
+            captioner = load_captioner(model, options.max_caption_tokens, cuda)
         elif options.captions == "on":
             raise ConfigError(f"--captions needs a checkpoint that can caption: {why}")
         else:
