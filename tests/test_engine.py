@@ -287,3 +287,11 @@ def test_engine_cli_end_to_end_and_errors(tmp_path):
     bundle_like = cli("clean", str(tmp_path / "gen"), "--model", str(tmp_path / "data"), "--regions", str(data), "-o", str(tmp_path / "c"))
     assert bundle_like.returncode != 0 and "checkpoint directory" in bundle_like.stderr
     assert not (tmp_path / "g2").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")
+def test_clean_on_a_missing_cuda_device_is_a_clear_error(tmp_path):
+    data = _shapes_dataset(tmp_path / "data", count=2)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        clean(data, DEFAULT_CHECKPOINT, data, tmp_path / "out", device="cuda", progress=False)
+    assert not (tmp_path / "out").exists()
