@@ -68,7 +68,7 @@ def load_captioner(path: str | Path, max_length: int = 30, device: str | None = 
     if missing:
         raise ConfigError(f"{path}: captioning weights do not fit the recorded caption settings (missing e.g. {sorted(missing)[0]})")
     model.tag_names = list(info.labels.tags)
-    from .clean import _torch_device
+    from .clean import torch_device
 
-    target = _torch_device(device)
+    target = torch_device(device)
     return Captioner(model.eval().to(target), max_length, target)

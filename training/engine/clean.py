@@ -24,7 +24,7 @@ import numpy as np
 
 from ram_edge.errors import ConfigError, RamEdgeError
 
-from .records import Record, read_records, start_tags, write_output
+from .records import Record, annotation_file, read_records, start_tags, write_output
 from .regions import Region, RegionIndex, read_regions
 
 SHARD_SUFFIX = ".npz"
@@ -63,10 +63,6 @@ class CleanOptions:
         if self.region_threshold is not None and not 0.0 < self.region_threshold < 1.0:
             raise ConfigError(f"region threshold {self.region_threshold} must be between 0 and 1")
 
-    def decisive(self) -> dict[str, Any]:
-        """The options that change the output (what a resumed run must share)."""
-        return {k: v for k, v in asdict(self).items()}
-
 
 class RegionEmbedder:
     """Crops -> (unit pooled-token embeddings, per-class probabilities) with a torch checkpoint."""
@@ -79,7 +75,7 @@ class RegionEmbedder:
             raise ConfigError(f"{model_path}: cleaning needs a checkpoint directory (it embeds regions with the image "
                               "encoder, which a bundle does not expose); pass the checkpoint the bundle was exported from")
         self.model, self.info = load_checkpoint(model_path)
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.model.to(self.device)
         self.tags = list(self.info.labels.tags)
         self.index = {t: i for i, t in enumerate(self.tags)}
@@ -95,7 +91,7 @@ class RegionEmbedder:
         return pooled.float().cpu().numpy(), probs.float().cpu().numpy()
 
 
-def _torch_device(device: str | None):
+def torch_device(device: str | None):
     """cpu unless asked; a CUDA device that is not there is a clear error."""
     import torch
 
@@ -230,8 +226,6 @@ def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | P
     from .generate import load_label_system
     from .shards import ShardDir, fingerprint, shard_ranges
 
-    from .records import annotation_file
-
     options = options or CleanOptions()
     out = Path(out)
     refuse_existing(out, overwrite)
@@ -245,7 +239,7 @@ def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | P
     inputs = [annotation_file(data), Path(regions) if Path(regions).is_file() else annotation_file(regions),
               embedder.info.weights_path]
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".engine-work")
-    shards = ShardDir(work, fingerprint(inputs, {**options.decisive(), "labels": str(labels)}), restart=restart)
+    shards = ShardDir(work, fingerprint(inputs, {**asdict(options), "labels": str(labels)}), restart=restart)
     ranges = shard_ranges(len(records), options.shard_size)
     bar = tqdm(total=len(records), desc="clean: embed regions", unit="img", file=sys.stderr, disable=None if progress else True)
     with bar:
