@@ -26,7 +26,8 @@ from .harness import roofline_in_subprocess, run_cli, write_markdown_report
 
 PRESET = "ram_swin_large_384"
 # Report file stem per architecture (benchmarks/full_size_<stem>.md).
-REPORT_NAMES = {"ram_swin_large_384": "swin_l384", "ram_swin_base_384": "swin_b384"}
+REPORT_NAMES = {"ram_swin_large_384": "swin_l384", "ram_swin_base_384": "swin_b384",
+                "ram_plus_swin_large_384": "ram_plus_swin_l384", "ram_plus_swin_base_384": "ram_plus_swin_b384"}
 SUBSETS = (1000, 100, 10)
 
 
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     suffix = "_int8" if args.int8 else ""
+    args.report_given = args.report is not None
     report = args.report or Path(__file__).parent / f"full_size_{REPORT_NAMES[args.preset]}{suffix}.md"
 
     ckpt = build_checkpoint(args.workdir, args.preset)

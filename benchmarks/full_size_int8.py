@@ -47,6 +47,13 @@ def _bench(path: Path, runtime: str, batch: int, threads: int, iters: int, compu
     return json.loads(proc.stdout)
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run_int8(args, ckpt: Path, report: Path) -> None:
     """Quantize, export, bench and write the INT8 report."""
     work = args.workdir
@@ -114,6 +121,7 @@ def run_int8(args, ckpt: Path, report: Path) -> None:
     bf16_text = "; ".join(
         f"batch {r['batch_size']}: {r['latency_image_ms']['p50']:.0f} ms/img" if "error" not in r else f"batch {r['batch_size']}: refused ({r['error'][0] if r['error'] else ''})"
         for r in bf16)
+    reproduce_report = f" --report {_relative(report)}" if getattr(args, "report_given", False) else ""
     ptq_seconds = (work / "ptq.seconds").read_text() if (work / "ptq.seconds").is_file() else "?"
     notes = f"""CPU INT8/BF16 features: {', '.join(cpu['features']) or 'none'}; VNNI: {'yes' if cpu['vnni'] else 'no'}; OpenVINO CPU capabilities: {', '.join(cpu['openvino_capabilities'])}.
 PTQ (NNCF, transformer preset) calibrated on {args.calib_size} rendered train-split scenes at {size} px: {ptq_seconds} s here. Random weights: speed, memory and size only.
@@ -130,7 +138,7 @@ Targets for this machine ({'with' if cpu['vnni'] else 'without'} VNNI):
 |---|---|---|
 {chr(10).join(f'| {name} | {value} | {"pass" if good else "miss"} |' for name, value, good in verdicts)}
 
-Reproduce: `python -m ram_edge.benchmarks.full_size --int8 --workdir /tmp/ram-fullsize-int8 --preset {args.preset} --threads {args.threads} --calib-size {args.calib_size}`.
+Reproduce: `python -m ram_edge.benchmarks.full_size --int8 --workdir /tmp/ram-fullsize-int8 --preset {args.preset} --threads {args.threads} --calib-size {args.calib_size}{reproduce_report}`.
 """
     write_markdown_report(ok, report, f"Full-size RAM ({args.preset}): INT8 and bf16 against fp32 on this machine", notes)
     _log(f"wrote {report}")
