@@ -43,6 +43,27 @@ def binary_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tor
     return (cross - entropy).sum(1).mean()
 
 
+def freeze_unused_parameters(graph: nn.Module, image_size: int) -> list[str]:
+    """Stop training the parameters the tagging graph never reads (returns their names).
+
+    The graph's label queries are precomputed constants, so `label_embed` and `wordvec_proj` get no gradient:
+    harmless in one process, but torchrun's DistributedDataParallel waits for every parameter's gradient and
+    stops the run. One forward and backward on a blank image finds them, whatever the model family.
+    """
+    emit = getattr(graph, "emit_logits", False)
+    graph.emit_logits = True
+    try:
+        graph(torch.zeros(1, 3, image_size, image_size)).sum().backward()
+    finally:
+        graph.emit_logits = emit
+    unused = [name for name, p in graph.named_parameters() if p.requires_grad and p.grad is None]
+    for name, param in graph.named_parameters():
+        if name in unused:
+            param.requires_grad_(False)
+        param.grad = None
+    return unused
+
+
 class QATModel(nn.Module):
     """The trainable wrapper the training loop sees: the fake-quantized tagging graph and its losses."""
 
@@ -117,6 +138,7 @@ class QATTrainer(Trainer):
             quantize_checkpoint(self.model_dir, ptq, dataclasses.replace(self.qcfg, method="ptq"), self.calib)
         self.dist.barrier()
         graph, info = load_quantized(ptq)
+        freeze_unused_parameters(graph, info.config.preprocess.image_size)
         self.ptq_record = info.source["quantization"]
         labels = info.labels
         system = LabelSystem(tags=list(labels.tags), synonyms=[[] for _ in labels.tags], tags_zh=labels.tags_zh,

@@ -508,3 +508,35 @@ def test_ram_plus_int8_bundle_stores_description_embeddings_once_in_fp16(micro, 
     big = [op for op in constants if int(np.prod(list(op.get_output_shape(0)))) == classes * des * dim]
     assert big and all(op.get_element_type() == ov.Type.f16 for op in big)
     assert Tagger.load(ir, runtime="openvino").predict(_batch(micro)).shape == (6, classes)
+
+
+@pytest.mark.slow
+def test_qat_under_torchrun_two_ranks_agree_and_match_the_single_process_contract(micro, qat_run, tmp_path):
+    """`torchrun --nproc_per_node 2 -m ram_edge.cli.main quantize --method qat`: gloo on CPU, PTQ once on rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    out, run = tmp_path / "qat", tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ram_edge.cli.main",
+           "quantize", str(micro["checkpoint"]), "-o", str(out), "--config", str(qat_run["config"]),
+           "--calib", str(micro["images"] / "album"), "--run-dir", str(run), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # One PTQ starting point, one output, written by rank 0.
+    assert (run / "ptq" / "quantized.safetensors").is_file() and (out / "quantized.safetensors").is_file()
+    assert proc.stderr.count("post-training quantization first") == 1
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r for r in log if r.get("event") == "start"][0]["world"] == 2
+    assert [r for r in log if r.get("event") == "finished"][0]["ranks_identical"] is True
+    steps = [r for r in log if "distillation" in r]
+    assert [r["step"] for r in steps] == list(range(1, 11)) and all(np.isfinite(r["loss"]) for r in steps)
+    record = json.loads((out / "config.json").read_text())["source"]["quantization"]
+    assert record["method"] == "qat" and record["qat"]["steps"] == 10
+    # Two ranks of 8 images each train towards the float teacher as one process does.
+    from ram_edge.config import PreprocessConfig
+    from ram_edge.quantize.calibration import load_calibration
+
+    images = load_calibration(micro["images"] / "album", PreprocessConfig(image_size=32), 24, progress=False).images
+    before, after = _kl_on(run / "ptq", micro, images), _kl_on(out, micro, images)
+    assert after < 0.9 * before, (before, after)
