@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     gmacs = [r / 1e9 for r in readings]
     notes = f"""Model: {args.preset} ({num} tags), random weights; input: random; {args.threads} threads.
-Encoder + image_proj: {macs['encoder'] / 1e9:.1f} G MACs/image. fp32 matmul roofline (torch.matmul 4096x4096, {args.threads} threads),
+Encoder + image_proj: {macs['encoder'] / 1e9:.1f} G MACs/image. fp32 matmul roofline (the faster of torch and OpenVINO at 4096x4096, {args.threads} threads),
 read before every row and after the last: {', '.join(f'{g:.1f}' for g in gmacs)} GMAC/s (min {min(gmacs):.1f}, max {max(gmacs):.1f}).
 Each row's "% of roofline" is against the better of the two readings around it (column "roofline GMAC/s").
 

@@ -393,6 +393,7 @@ class Suite:
         result = {"suite": asdict(self.config), "date": datetime.date.today().isoformat(), "command": self.command,
                   "cpu": cpu_features(), "roofline_readings": self.readings, "macs": self.macs, "rows": list(rows.values())}
         result["targets"] = targets(result)
+        result["reproduction"] = reproduction(result, self.report_dir)
         write_report(result, self.report_dir)
         return result
 
@@ -582,6 +583,38 @@ def _fmt(value: Any, digits: str = ".2f") -> str:
     return str(value)
 
 
+def _cell_key(row: dict[str, Any]) -> str:
+    return f"{row['model']}/{row['runtime']}/{row['precision']}/b{row['batch']}/{row['tags']}"
+
+
+def reproduction(result: dict[str, Any], directory: Path) -> dict[str, Any] | None:
+    """This run against the newest earlier report of the same suite on the same kind of machine in `directory`
+    (the same file, when the command runs twice in a day): per cell, how far the p50 per image moved."""
+    stem = f"{machine_name(result['cpu'])}-{result['suite']['name']}-"
+    earlier = sorted(p for p in directory.glob(f"{stem}*.json") if p.name[len(stem):-5][:4].isdigit())
+    if not earlier:
+        return None
+    previous_path = earlier[-1]
+    try:
+        previous = json.loads(previous_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log(f"cannot read the earlier report {previous_path} ({exc}); no reproduction figures")
+        return None
+    before = {_cell_key(r): r["ms_per_image"] for r in previous.get("rows", []) if r.get("ms_per_image")}
+    cells = []
+    for row in result["rows"]:
+        key = _cell_key(row)
+        if row.get("ms_per_image") and key in before:
+            diff = 100 * abs(row["ms_per_image"] - before[key]) / min(row["ms_per_image"], before[key])
+            cells.append({"cell": key, "previous_ms": before[key], "ms": row["ms_per_image"], "diff_pct": diff})
+    if not cells:
+        return None
+    diffs = [c["diff_pct"] for c in cells]
+    worst = max(cells, key=lambda c: c["diff_pct"])
+    return {"previous": previous_path.name, "previous_date": previous.get("date"), "previous_command": previous.get("command"),
+            "cells": cells, "median_pct": float(np.median(diffs)), "largest_pct": worst["diff_pct"], "largest_cell": worst["cell"]}
+
+
 def write_report(result: dict[str, Any], directory: Path) -> Path:
     """REPORT_DIR/<machine>-<suite>-<date>.md + .json + PNG plots; returns the markdown path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -597,8 +630,18 @@ def write_report(result: dict[str, Any], directory: Path) -> Path:
              f"Rounds: {result['suite']['rounds']} (the second in reverse order); noise: the p50 per image of one cell differed "
              f"between rounds by {_fmt(float(np.median(spreads)) if spreads else None, '.1f')}% (median), "
              f"{_fmt(max(spreads) if spreads else None, '.1f')}% (largest)  ",
-             "fp32 matmul roofline (torch 3072², in its own process before every cell): "
-             + (f"{min(readings):.1f}–{max(readings):.1f} GMAC/s" if readings else "not read"), "", "## Targets", ""]
+             "fp32 matmul roofline (the faster of torch and OpenVINO at 3072², in its own process before every cell): "
+             + (f"{min(readings):.1f}–{max(readings):.1f} GMAC/s" if readings else "not read") + "  "]
+    again = result.get("reproduction")
+    if again:
+        lines.append(
+            f"Reproduction: against the previous run of this suite here ({again['previous']}, {again['previous_date']}), the p50 "
+            f"per image of the {len(again['cells'])} cells measured by both moved by {again['median_pct']:.1f}% (median), "
+            f"{again['largest_pct']:.1f}% (largest: {again['largest_cell']})")
+    else:
+        lines.append("Reproduction: no earlier run of this suite on this kind of machine in this folder; run the command again "
+                     "to measure how far two runs are apart")
+    lines += ["", "## Targets", ""]
     for t in result["targets"] or [{"model": "–", "target": "no target applies to these cells", "value": "–", "pass": None}]:
         verdict = "–" if t["pass"] is None else ("pass" if t["pass"] else "**miss**")
         lines.append(f"- {t['model']}: {t['target']}: {t['value']}: {verdict}")

@@ -63,6 +63,18 @@ def test_suite_runs_end_to_end_and_writes_report_and_plots(micro_checkpoint, tmp
     assert any(name.endswith("-batch.png") for name in data["plots"]) and any(name.endswith("-speedup.png") for name in data["plots"])
     text = reports[0].read_text()
     assert "| micro | ort | fp32 |" in text and "![" in text and "noise" in text
+    assert "no earlier run of this suite" in text and data["reproduction"] is None
+    # The same command again: the report says how far the two runs are apart, cell by cell.
+    first = {f"micro/{r['runtime']}/fp32/b{r['batch']}/{r['tags']}": r["ms_per_image"] for r in data["rows"]}
+    result = CliRunner().invoke(cli, ["bench", "--suite", str(suite), "-o", str(tmp_path / "reports"), "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    again = json.loads(reports[0].with_suffix(".json").read_text())["reproduction"]
+    assert again["previous"] == reports[0].with_suffix(".json").name and len(again["cells"]) == len(first)
+    for cell in again["cells"]:
+        assert cell["previous_ms"] == first[cell["cell"]]
+        assert cell["diff_pct"] == pytest.approx(100 * abs(cell["ms"] - cell["previous_ms"]) / min(cell["ms"], cell["previous_ms"]))
+    assert again["largest_pct"] == max(c["diff_pct"] for c in again["cells"])
+    assert "Reproduction: against the previous run" in reports[0].read_text()
 
 
 @pytest.mark.slow
