@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     suffix = "_int8" if args.int8 else ""
-    args.report_given = args.report is not None
     report = args.report or Path(__file__).parent / f"full_size_{REPORT_NAMES[args.preset]}{suffix}.md"
 
     ckpt = build_checkpoint(args.workdir, args.preset)

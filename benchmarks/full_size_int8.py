@@ -121,7 +121,7 @@ def run_int8(args, ckpt: Path, report: Path) -> None:
     bf16_text = "; ".join(
         f"batch {r['batch_size']}: {r['latency_image_ms']['p50']:.0f} ms/img" if "error" not in r else f"batch {r['batch_size']}: refused ({r['error'][0] if r['error'] else ''})"
         for r in bf16)
-    reproduce_report = f" --report {_relative(report)}" if getattr(args, "report_given", False) else ""
+    reproduce_report = f" --report {_relative(report)}" if args.report is not None else ""
     ptq_seconds = (work / "ptq.seconds").read_text() if (work / "ptq.seconds").is_file() else "?"
     notes = f"""CPU INT8/BF16 features: {', '.join(cpu['features']) or 'none'}; VNNI: {'yes' if cpu['vnni'] else 'no'}; OpenVINO CPU capabilities: {', '.join(cpu['openvino_capabilities'])}.
 PTQ (NNCF, transformer preset) calibrated on {args.calib_size} rendered train-split scenes at {size} px: {ptq_seconds} s here. Random weights: speed, memory and size only.

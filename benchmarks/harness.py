@@ -421,7 +421,6 @@ def matmul_roofline(threads: int | None = None, n: int = 4096, repeats: int = 5)
 def _openvino_matmul_macs(threads: int | None, n: int, repeats: int) -> float:
     """MAC/s of an n x n float32 MatMul compiled by OpenVINO's CPU plugin at fp32; 0.0 without OpenVINO."""
     try:
-        import numpy as np
         import openvino as ov
         from openvino import opset13 as ops
     except ImportError:

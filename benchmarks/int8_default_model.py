@@ -171,6 +171,7 @@ def measure(work: Path, bundles: dict) -> dict:
     rows = []
     cache = work / "rows"
     cache.mkdir(exist_ok=True)
+    has_bf16 = cpu_features()["bf16"]
     for fmt, runtime in FORMATS.items():
         reference = {}
         for variant in VARIANTS + ((BF16,) if runtime == "openvino" else ()):
@@ -181,7 +182,7 @@ def measure(work: Path, bundles: dict) -> dict:
             row = {"variant": variant, "format": fmt, "runtime": runtime}
             compute = BF16 if variant == BF16 else None
             stored = "fp32" if variant == BF16 else variant
-            if compute and not cpu_features()["bf16"]:
+            if compute and not has_bf16:
                 row["error"] = "refused: this CPU has no BF16 (AVX512_BF16 / AMX), and ram-edge never falls back silently"
                 rows.append(row)
                 continue
