@@ -34,14 +34,73 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int) -> 
     model = onnx.load(str(path))
     folded = fold_quantized_weights(model.graph)
     fold_weight_transposes(model.graph)
+    quantize_matmul_constants(model.graph)
     store_constants_fp16(model.graph)
     onnx.save(model, str(path))
     return folded
 
 
-# Float constants at least this large that are not weights (the label queries; RAM++'s description
-# embeddings, 479 MB in fp32 at full size) are stored in fp16 in INT8 bundles; smaller ones are not worth a Cast.
+# Float constants at least this large that are neither weights nor MatMul operands beside a quantized
+# activation (RAM's folded label queries, SmoothQuant scales) are stored in fp16 in INT8 bundles; smaller ones are not worth a Cast.
 FP16_CONSTANT_ELEMENTS = 4096
+
+# Operators that only move or reshape a tensor: a dequantized activation stays one through them, and
+# onnxruntime's QDQ propagation carries its quantization across them.
+_SHAPE_OPS = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten"})
+
+
+def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS) -> int:
+    """Store each large float constant that is a MatMul operand beside a dequantized activation (RAM++'s description
+    embeddings) as int8 behind a per-tensor symmetric DequantizeLinear, in place; returns how many.
+
+    NNCF quantizes the activation side of those products (the image embedding, the softmax weights) but leaves the
+    constant in float, so the graph carried 479 MB of fp32 (239 MB as fp16) at full size, folded to fp32 at every
+    load. As int8 the pair is a complete Q/DQ MatMul: onnxruntime fuses it into an int8 kernel where it can and
+    dequantizes on the fly where it cannot, OpenVINO keeps the constant 8-bit. Per tensor, not per axis: the
+    rows are unit-norm embeddings of one scale, and onnxruntime 1.32 fuses a per-axis DequantizeLinear of a 3-D
+    operand into a MatMulIntegerToFloat that then refuses its zero point at run time.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def dequantized(name: str) -> bool:
+        node = producers.get(name)
+        while node is not None and node.op_type in _SHAPE_OPS:
+            node = producers.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    def matmul_beside_dequantized(name: str) -> bool:
+        readers = consumers.get(name, [])
+        return bool(readers) and all(
+            node.op_type == "MatMul" and all(other == name or dequantized(other) for other in node.input) for node in readers)
+
+    outputs = {o.name for o in graph.output}
+    new_nodes, count = [], 0
+    for init in list(graph.initializer):
+        if (init.data_type != TensorProto.FLOAT or len(init.dims) < 2 or int(np.prod(init.dims)) < min_elements
+                or init.name in outputs or not matmul_beside_dequantized(init.name)):
+            continue
+        values = numpy_helper.to_array(init)
+        peak = float(np.abs(values).max(initial=0.0))
+        scale = np.float32(peak / 127.0 if peak > 0 else 1.0)
+        quantized = np.clip(np.rint(values / scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(init)
+        graph.initializer.extend([numpy_helper.from_array(quantized, f"{init.name}__int8"),
+                                  numpy_helper.from_array(np.array(scale, np.float32), f"{init.name}__scale"),
+                                  numpy_helper.from_array(np.array(0, np.int8), f"{init.name}__zero")])
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{init.name}__int8", f"{init.name}__scale", f"{init.name}__zero"],
+                                          [init.name], name=f"{init.name}__DequantizeLinear"))
+        count += 1
+    if new_nodes:
+        nodes = new_nodes + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count
 
 
 def store_constants_fp16(graph, min_elements: int = FP16_CONSTANT_ELEMENTS) -> int:
