@@ -4,7 +4,8 @@
     python recipes/default_model/build.py prepare      # eval splits, label file, WordPiece vocab
     python recipes/default_model/build.py train        # ram-edge train, stage by stage (resumable)
     python recipes/default_model/build.py finalize     # thresholds, export, eval, report, ship
-    python recipes/default_model/build.py quantize     # PTQ + QAT, INT8 bundles, retention table; ship INT8 if it passes
+    python recipes/default_model/build.py quantize [--report benchmarks/int8_default_model_vnni.md]
+                                                       # PTQ + QAT, INT8 bundles, retention table; ship INT8 if it passes
 
 Work files go to work-out/default_model/ (git-ignored); the shipped files go to
 ram_edge/assets/default_model/ and the report to benchmarks/default_model.md.
@@ -269,20 +270,20 @@ Validation mAP during training:
     shutil.copy(run / "log.jsonl", REPO / "benchmarks" / "default_model_train_log.jsonl")
 
 
-def quantize() -> None:
+def quantize(report: Path = REPO / "benchmarks" / "int8_default_model.md") -> None:
     """Quantization-aware fine-tuning of the shipped checkpoint, INT8 bundles and the retention table
-    (benchmarks/int8_default_model.md); when QAT INT8 on onnxruntime meets every accuracy target, its ONNX
-    bundle becomes the shipped default (`bundle/`) and the fp32 one moves beside it (`bundle_fp32/`)."""
+    (`report`, by default benchmarks/int8_default_model.md); when QAT INT8 on onnxruntime meets every accuracy
+    target, its ONNX bundle becomes the shipped default (`bundle/`) and the fp32 one moves beside it (`bundle_fp32/`)."""
     from ram_edge.benchmarks.int8_default_model import main as retention
 
     work = WORK / "int8"
-    retention(["--workdir", str(work), "--model", str(SHIP / "checkpoint")])
-    ship_int8(work)
+    retention(["--workdir", str(work), "--model", str(SHIP / "checkpoint"), "--report", str(report)])
+    ship_int8(work, report.with_suffix(".json"))
 
 
-def ship_int8(work: Path) -> None:
+def ship_int8(work: Path, result_path: Path) -> None:
     """Ship the retention run's QAT INT8 ONNX bundle as the default when it met every target on onnxruntime."""
-    result = json.loads((REPO / "benchmarks" / "int8_default_model.json").read_text())
+    result = json.loads(result_path.read_text())
     missed = [v["target"] for v in result["verdicts"] if v["runtime"] == "ort" and not v["pass"]]
     if missed:
         print(f"QAT INT8 misses {missed}: the fp32 bundle stays the default", file=sys.stderr)
@@ -303,6 +304,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phase", choices=["prepare", "train", "finalize", "quantize", "all"])
     parser.add_argument("--model", type=Path, default=None, help="finalize this checkpoint directory instead of the run's model/")
+    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "int8_default_model.md",
+                        help="quantize: where the retention table goes (one per kind of CPU: INT8 speed depends on VNNI)")
     args = parser.parse_args()
     phase = args.phase
     if phase in ("prepare", "all"):
@@ -312,7 +315,7 @@ def main() -> None:
     if phase in ("finalize", "all"):
         finalize(args.model)
     if phase in ("quantize", "all"):
-        quantize()
+        quantize(args.report.resolve())
 
 
 if __name__ == "__main__":
