@@ -35,6 +35,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int) -> 
     folded = fold_quantized_weights(model.graph)
     fold_weight_transposes(model.graph)
     quantize_matmul_constants(model.graph)
+    fold_constant_products(model.graph)
     store_constants_fp16(model.graph)
     onnx.save(model, str(path))
     return folded
@@ -100,6 +101,50 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS)
         nodes = new_nodes + list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes)
+    return count
+
+
+def fold_constant_products(graph) -> int:
+    """Replace every MatMul of two float constants (and an Add of a constant bias after it) by its result, in place;
+    returns how many.
+
+    RAM's decoder projects its image-independent label queries through the cross-attention's query layer. NNCF's
+    fake quantization of that product folds into two constants at export (the smoothed, quantized queries and the
+    weight), so the file held the queries twice beside the weight, and every runtime multiplied them at load.
+    Computed here once, in fp32, the result replaces both inputs where nothing else reads them.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {init.name: init for init in graph.initializer if init.data_type == TensorProto.FLOAT}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    dropped, count = set(), 0
+    for node in graph.node:
+        if node.op_type != "MatMul" or not all(name in inits for name in node.input) or node.output[0] in outputs:
+            continue
+        value = np.matmul(*(numpy_helper.to_array(inits[name]) for name in node.input)).astype(np.float32)
+        result, folded = node.output[0], [node]
+        following = consumers.get(result, [])
+        if len(following) == 1 and following[0].op_type == "Add" and result not in outputs:
+            add = following[0]
+            other = next((name for name in add.input if name != result), None)
+            if other in inits and add.output[0] not in outputs:
+                value = (value + numpy_helper.to_array(inits[other])).astype(np.float32)
+                result = add.output[0]
+                folded.append(add)
+        graph.initializer.append(numpy_helper.from_array(value, result))
+        dropped.update(id(n) for n in folded)
+        count += 1
+    if count:
+        keep = [n for n in graph.node if id(n) not in dropped]
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {name for n in keep for name in n.input} | outputs
+        for init in [init for init in graph.initializer if init.name not in used]:
+            graph.initializer.remove(init)
     return count
 
 

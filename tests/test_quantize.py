@@ -180,6 +180,12 @@ def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_ch
                 readers.setdefault(name, []).append(node.op_type)
         assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
                     and "Transpose" in readers.get(n.output[0], [])]
+        # The label queries' projection (a product of two constants once NNCF's fake quantization is folded) is
+        # computed at export: no MatMul of constants, and the queries are stored once.
+        constant = set(inits) | {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits}
+        assert not [n for n in model.graph.node if n.op_type == "MatMul" and all(x in constant for x in n.input)]
+        classes = expected.shape[1]
+        assert len([a for a in inits.values() if a.ndim == 3 and a.shape[:2] == (1, classes)]) == 2  # queries, projected
     else:
         import openvino as ov
 
