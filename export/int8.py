@@ -45,12 +45,16 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int) -> 
 # activation (RAM's folded label queries, SmoothQuant scales) are stored in fp16 in INT8 bundles; smaller ones are not worth a Cast.
 FP16_CONSTANT_ELEMENTS = 4096
 
+# The largest slice of an 8-bit constant that a runtime without an int8 kernel for its product dequantizes at
+# once (16 MB of fp32).
+DEQUANTIZE_CHUNK_ELEMENTS = 4 * 1024 * 1024
+
 # Operators that only move or reshape a tensor: a dequantized activation stays one through them, and
 # onnxruntime's QDQ propagation carries its quantization across them.
 _SHAPE_OPS = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten"})
 
 
-def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS) -> int:
+def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS, chunk_elements: int = DEQUANTIZE_CHUNK_ELEMENTS) -> int:
     """Store each large float constant that is a MatMul operand beside a dequantized activation (RAM++'s description
     embeddings) as int8 behind a per-tensor symmetric DequantizeLinear, in place; returns how many.
 
@@ -60,6 +64,10 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS)
     dequantizes on the fly where it cannot, OpenVINO keeps the constant 8-bit. Per tensor, not per axis: the
     rows are unit-norm embeddings of one scale, and onnxruntime 1.32 fuses a per-axis DequantizeLinear of a 3-D
     operand into a MatMulIntegerToFloat that then refuses its zero point at run time.
+
+    Where the constant is the left operand (the similarities to the image embedding), onnxruntime has no int8
+    kernel and dequantizes it at run time: that product is split along the constant's first axis into slices of
+    at most `chunk_elements`, so only one slice is ever float (479 MB of fp32 at once otherwise).
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -82,6 +90,7 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS)
 
     outputs = {o.name for o in graph.output}
     new_nodes, count = [], 0
+    replaced: dict[int, list] = {}
     for init in list(graph.initializer):
         if (init.data_type != TensorProto.FLOAT or len(init.dims) < 2 or int(np.prod(init.dims)) < min_elements
                 or init.name in outputs or not matmul_beside_dequantized(init.name)):
@@ -96,12 +105,54 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS)
                                   numpy_helper.from_array(np.array(0, np.int8), f"{init.name}__zero")])
         new_nodes.append(helper.make_node("DequantizeLinear", [f"{init.name}__int8", f"{init.name}__scale", f"{init.name}__zero"],
                                           [init.name], name=f"{init.name}__DequantizeLinear"))
+        per_row = int(np.prod(quantized.shape[1:]))
+        rows = max(1, chunk_elements // per_row)
+        for reader in consumers[init.name]:
+            # Slicing the first axis is only the same product when the other operand has no batch axes to match it.
+            if (reader.input[0] != init.name or reader.input[1] == init.name or quantized.shape[0] <= rows
+                    or _known_rank(reader.input[1], producers) != 2):
+                continue
+            replaced[id(reader)] = _sliced_matmul(graph, reader, init.name, quantized.shape[0], rows, new_nodes)
         count += 1
     if new_nodes:
-        nodes = new_nodes + list(graph.node)
+        nodes = new_nodes + [part for node in graph.node for part in replaced.get(id(node), [node])]
         del graph.node[:]
         graph.node.extend(nodes)
     return count
+
+
+def _known_rank(name: str, producers: dict) -> int | None:
+    """The rank of a tensor where the graph states it (through element-wise quantization to a Transpose)."""
+    node = producers.get(name)
+    while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        node = producers.get(node.input[0])
+    if node is not None and node.op_type == "Transpose":
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        return len(perm) if perm else None
+    return None
+
+
+def _sliced_matmul(graph, matmul, name: str, total: int, rows: int, constant_nodes: list) -> list:
+    """MatMul(DQ(int8 constant), x) as one MatMul per slice of `rows` rows of the constant, concatenated; the
+    Slice and DequantizeLinear nodes (constants only) go to `constant_nodes`, the products are returned."""
+    from onnx import helper, numpy_helper
+
+    products, parts = [], []
+    axes = f"{name}__slice_axes"
+    graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
+    for i, start in enumerate(range(0, total, rows)):
+        bounds = (f"{name}__slice{i}_start", f"{name}__slice{i}_end")
+        graph.initializer.extend([numpy_helper.from_array(np.array([start], np.int64), bounds[0]),
+                                  numpy_helper.from_array(np.array([min(start + rows, total)], np.int64), bounds[1])])
+        constant_nodes.append(helper.make_node("Slice", [f"{name}__int8", *bounds, axes], [f"{name}__slice{i}"],
+                                               name=f"{name}__Slice{i}"))
+        constant_nodes.append(helper.make_node("DequantizeLinear", [f"{name}__slice{i}", f"{name}__scale", f"{name}__zero"],
+                                               [f"{name}__slice{i}_dq"], name=f"{name}__DequantizeLinear{i}"))
+        part = f"{matmul.output[0]}__part{i}"
+        products.append(helper.make_node("MatMul", [f"{name}__slice{i}_dq", matmul.input[1]], [part], name=f"{matmul.name}__part{i}"))
+        parts.append(part)
+    products.append(helper.make_node("Concat", parts, [matmul.output[0]], name=f"{matmul.name}__Concat", axis=0))
+    return products
 
 
 def fold_constant_products(graph) -> int:

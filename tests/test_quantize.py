@@ -559,3 +559,65 @@ def test_qat_under_torchrun_two_ranks_agree_and_match_the_single_process_contrac
     images = load_calibration(micro["images"] / "album", PreprocessConfig(image_size=32), 24, progress=False).images
     before, after = _kl_on(run / "ptq", micro, images), _kl_on(out, micro, images)
     assert after < 0.9 * before, (before, after)
+
+
+def _description_graph(classes: int, des: int, dim: int, embeddings: np.ndarray):
+    """RAM++'s two products with its description embeddings, as the INT8 export writes them: similarities
+    E (C, des, D) x dequantized image embedding^T, then dequantized softmax weights x E."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Transpose", ["v"], ["vt"], perm=[1, 0]),
+        helper.make_node("QuantizeLinear", ["vt", "sv", "zu"], ["vq"]),
+        helper.make_node("DequantizeLinear", ["vq", "sv", "zu"], ["vdq"]),
+        helper.make_node("MatMul", ["E", "vdq"], ["logits"]),
+        helper.make_node("Transpose", ["logits"], ["lt"], perm=[2, 0, 1]),
+        helper.make_node("Softmax", ["lt"], ["w"], axis=2),
+        helper.make_node("QuantizeLinear", ["w", "sw", "zu"], ["wq"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zu"], ["wdq"]),
+        helper.make_node("Unsqueeze", ["wdq", "axis2"], ["wu"]),
+        helper.make_node("MatMul", ["wu", "E"], ["mixed"]),
+    ]
+    inits = [numpy_helper.from_array(embeddings, "E"), numpy_helper.from_array(np.array(0.02, np.float32), "sv"),
+             numpy_helper.from_array(np.array(1 / 255, np.float32), "sw"), numpy_helper.from_array(np.array(0, np.uint8), "zu"),
+             numpy_helper.from_array(np.array([2], np.int64), "axis2")]
+    graph = helper.make_graph(nodes, "descriptions", [helper.make_tensor_value_info("v", f, ["B", dim])],
+                              [helper.make_tensor_value_info("logits", f, [classes, des, "B"]),
+                               helper.make_tensor_value_info("mixed", f, ["B", classes, 1, dim])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_description_embeddings_become_int8_and_their_similarities_are_computed_in_slices():
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from ram_edge.export.int8 import quantize_matmul_constants
+
+    rng = np.random.default_rng(0)
+    classes, des, dim = 10, 3, 8
+    embeddings = rng.normal(size=(classes, des, dim)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=-1, keepdims=True)
+    model = _description_graph(classes, des, dim, embeddings)
+    assert quantize_matmul_constants(model.graph, min_elements=16, chunk_elements=4 * des * dim) == 1
+    onnx.checker.check_model(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    stored = [a for a in inits.values() if a.size == embeddings.size]
+    assert len(stored) == 1 and stored[0].dtype == np.int8  # one 8-bit copy
+    # The similarities (constant on the left: no int8 kernel) in slices of 4 classes; the mixture reads the whole.
+    products = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert len(products) == 3 + 1 and [n.op_type for n in model.graph.node].count("Slice") == 3
+    v = rng.normal(size=(2, dim)).astype(np.float32)
+    logits, mixed = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"v": v})
+    # Reference: the same quantization grid in numpy.
+    scale = np.abs(embeddings).max() / 127
+    e8 = np.clip(np.rint(embeddings / scale), -127, 127) * scale
+    vq = np.clip(np.rint(v.T / 0.02), 0, 255) * 0.02
+    expected_logits = e8 @ vq
+    assert logits.shape == (classes, des, 2) and np.allclose(logits, expected_logits, atol=1e-5)
+    weights = np.exp(expected_logits.transpose(2, 0, 1))
+    weights /= weights.sum(-1, keepdims=True)
+    wq = np.clip(np.rint(weights * 255), 0, 255) / 255
+    assert np.allclose(mixed[:, :, 0, :], np.einsum("bcj,cjd->bcd", wq, e8), atol=1e-4)
+    assert np.abs(e8 - embeddings).max() <= scale / 2 + 1e-7
