@@ -16,8 +16,12 @@ import numpy as np
 import torch
 
 
-def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int) -> int:
-    """Export an NNCF-quantized graph to a Q/DQ ONNX file with folded int8 weights; returns the weights folded."""
+def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, slice_dequantized: bool = True) -> int:
+    """Export an NNCF-quantized graph to a Q/DQ ONNX file with folded int8 weights; returns the weights folded.
+
+    `slice_dequantized=False` keeps products that onnxruntime would dequantize at run time whole (OpenVINO folds
+    the slices into stored copies of the constant).
+    """
     from ram_edge.quantize.quantizer import nncf_output_to_stderr  # first: it sets NNCF's kernel-build timeout
 
     import nncf
@@ -34,7 +38,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int) -> 
     model = onnx.load(str(path))
     folded = fold_quantized_weights(model.graph)
     fold_weight_transposes(model.graph)
-    quantize_matmul_constants(model.graph)
+    quantize_matmul_constants(model.graph, chunk_elements=DEQUANTIZE_CHUNK_ELEMENTS if slice_dequantized else 0)
     fold_constant_products(model.graph)
     store_constants_fp16(model.graph)
     onnx.save(model, str(path))
@@ -107,7 +111,7 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS,
                                           [init.name], name=f"{init.name}__DequantizeLinear"))
         per_row = int(np.prod(quantized.shape[1:]))
         rows = max(1, chunk_elements // per_row)
-        for reader in consumers[init.name]:
+        for reader in consumers[init.name] if chunk_elements > 0 else []:
             # Slicing the first axis is only the same product when the other operand has no batch axes to match it.
             if (reader.input[0] != init.name or reader.input[1] == init.name or quantized.shape[0] <= rows
                     or _known_rank(reader.input[1], producers) != 2):

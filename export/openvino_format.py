@@ -57,7 +57,7 @@ def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: 
         onnx_path = Path(tmp) / "model.onnx"
         # int8: OpenVINO reads the Q/DQ pairs as FakeQuantize and runs int8 kernels where the CPU has them;
         # int8-weights: the DequantizeLinear of a constant becomes a decompression the CPU plugin keeps 8-bit.
-        write_model_onnx(graph, onnx_path, "fp32" if precision == "fp16" else precision, image_size)
+        write_model_onnx(graph, onnx_path, "fp32" if precision == "fp16" else precision, image_size, for_openvino=True)
         model = ov.convert_model(str(onnx_path))
     if precision in ("int8", "int8-weights"):
         compress_float_constants(model)

@@ -621,3 +621,7 @@ def test_description_embeddings_become_int8_and_their_similarities_are_computed_
     wq = np.clip(np.rint(weights * 255), 0, 255) / 255
     assert np.allclose(mixed[:, :, 0, :], np.einsum("bcj,cjd->bcd", wq, e8), atol=1e-4)
     assert np.abs(e8 - embeddings).max() <= scale / 2 + 1e-7
+    # OpenVINO's form (chunk_elements=0): the same 8-bit constant, no slices (it would fold them into copies).
+    whole = _description_graph(classes, des, dim, embeddings)
+    assert quantize_matmul_constants(whole.graph, min_elements=16, chunk_elements=0) == 1
+    assert [n.op_type for n in whole.graph.node].count("MatMul") == 2 and "Slice" not in [n.op_type for n in whole.graph.node]
