@@ -34,7 +34,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, sli
     write_onnx(native.eval(), path, image_size)
     import onnx
 
-    # One load and one save for the three rewrites (a full-size INT8 graph is hundreds of MB).
+    # One load and one save for all the rewrites (a full-size INT8 graph is hundreds of MB).
     model = onnx.load(str(path))
     folded = fold_quantized_weights(model.graph)
     fold_weight_transposes(model.graph)
@@ -76,10 +76,7 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS,
     from onnx import TensorProto, helper, numpy_helper
 
     producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
 
     def dequantized(name: str) -> bool:
         node = producers.get(name)
@@ -123,6 +120,15 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS,
         del graph.node[:]
         graph.node.extend(nodes)
     return count
+
+
+def _consumers(graph) -> dict[str, list]:
+    """Each tensor name of an ONNX graph -> the nodes that read it, in graph order."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
 
 
 def _known_rank(name: str, producers: dict) -> int | None:
@@ -171,10 +177,7 @@ def fold_constant_products(graph) -> int:
     from onnx import TensorProto, numpy_helper
 
     inits = {init.name: init for init in graph.initializer if init.data_type == TensorProto.FLOAT}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     dropped, count = set(), 0
     for node in graph.node:
@@ -289,10 +292,7 @@ def fold_weight_transposes(graph) -> int:
     from onnx import numpy_helper
 
     inits = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     readers = {name: len(nodes) for name, nodes in consumers.items()}
     dropped, folded = set(), 0
@@ -346,10 +346,6 @@ def compress_weights_onnx(path: Path) -> int:
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
     done: dict[str, str] = {}
     new_nodes = []
     for node in graph.node:

@@ -29,6 +29,7 @@ WORK = REPO / "work-out" / "default_model"
 DATA = WORK / "data"
 SHIP = REPO / "ram_edge" / "assets" / "default_model"
 REPORT = REPO / "benchmarks" / "default_model.md"
+INT8_REPORT = REPO / "benchmarks" / "int8_default_model.md"
 # folder -> (generator split, scene count). "tune" extends val (same seed: its first 1000 scenes are
 # val's) for threshold tuning: per-tag thresholds from val's ~7 positives per tag were noisy.
 SPLITS = {"val": ("val", 1000), "tune": ("val", 3000), "test": ("test", 2000), "heldout": ("heldout", 1000)}
@@ -270,7 +271,7 @@ Validation mAP during training:
     shutil.copy(run / "log.jsonl", REPO / "benchmarks" / "default_model_train_log.jsonl")
 
 
-def quantize(report: Path = REPO / "benchmarks" / "int8_default_model.md") -> None:
+def quantize(report: Path = INT8_REPORT) -> None:
     """Quantization-aware fine-tuning of the shipped checkpoint, INT8 bundles and the retention table
     (`report`, by default benchmarks/int8_default_model.md); when QAT INT8 on onnxruntime meets every accuracy
     target, its ONNX bundle becomes the shipped default (`bundle/`) and the fp32 one moves beside it (`bundle_fp32/`)."""
@@ -304,7 +305,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("phase", choices=["prepare", "train", "finalize", "quantize", "all"])
     parser.add_argument("--model", type=Path, default=None, help="finalize this checkpoint directory instead of the run's model/")
-    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "int8_default_model.md",
+    parser.add_argument("--report", type=Path, default=INT8_REPORT,
                         help="quantize: where the retention table goes (one per kind of CPU: INT8 speed depends on VNNI)")
     args = parser.parse_args()
     phase = args.phase
