@@ -26,6 +26,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, sli
 
     import nncf
 
+    from .int8_activations import fold_float_scales, sink_dequantize
     from .onnx_format import write_onnx
 
     example = torch.zeros(1, 3, image_size, image_size)
@@ -38,6 +39,8 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, sli
     model = onnx.load(str(path))
     folded = fold_quantized_weights(model.graph)
     fold_weight_transposes(model.graph)
+    sink_dequantize(model.graph)
+    fold_float_scales(model.graph)
     quantize_matmul_constants(model.graph, chunk_elements=DEQUANTIZE_CHUNK_ELEMENTS if slice_dequantized else 0)
     fold_constant_products(model.graph)
     store_constants_fp16(model.graph)

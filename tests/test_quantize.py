@@ -180,6 +180,13 @@ def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_ch
                 readers.setdefault(name, []).append(node.op_type)
         assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
                     and "Transpose" in readers.get(n.output[0], [])]
+        # Activations are dequantized right beside the MatMul that reads them (int8 attention scores in
+        # onnxruntime, export/int8_activations.py): no DequantizeLinear of an activation feeds an op that only
+        # moves values, and no LayerNorm is read only by a (smoothing) Mul.
+        moves = {"Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+        assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits
+                    and set(readers.get(n.output[0], [])) & moves]
+        assert not [n for n in model.graph.node if n.op_type == "LayerNormalization" and readers[n.output[0]] == ["Mul"]]
         # The label queries' projection (a product of two constants once NNCF's fake quantization is folded) is
         # computed at export: no MatMul of constants, and the queries are stored once.
         constant = set(inits) | {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits}

@@ -1,0 +1,153 @@
+"""Rewrites of the activation side of an INT8 Q/DQ graph, so that onnxruntime's int8 kernels see it.
+
+NNCF quantizes where the torch graph reads a tensor, and the exporter keeps torch's order of
+operations, so a DequantizeLinear can sit a few data-movement ops away from the MatMul it feeds
+(Swin's keys: DQ(qkv) -> Gather -> Transpose -> MatMul) and a float scaling can sit between a
+tensor and its QuantizeLinear (the SmoothQuant scales after a LayerNorm, the attention scale).
+onnxruntime only fuses a MatMul whose inputs come straight from DequantizeLinear nodes into an
+int8 kernel, and runs every float scaling as its own pass over the tensor. Both rewrites are exact
+in arithmetic: per-tensor quantization commutes with ops that only move values, and a positive
+scalar scaling before a quantization is a change of its scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .int8 import _consumers
+
+# Ops that move or select values without changing them: per-tensor (de)quantization commutes with them.
+_MOVE_OPS = frozenset({"Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+def _constants(graph) -> dict:
+    """Tensor name -> numpy value for the initializers, Constant nodes and Identity chains of them."""
+    from onnx import numpy_helper
+
+    values = {init.name: init for init in graph.initializer}
+    for node in graph.node:  # topological order: an Identity of a constant is a constant too
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = node.attribute[0].t
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return {name: numpy_helper.to_array(tensor) for name, tensor in values.items()}
+
+
+def _per_tensor(node, constants: dict) -> bool:
+    """Whether a QuantizeLinear / DequantizeLinear has one scale and one zero point."""
+    return all(name in constants and constants[name].size == 1 for name in node.input[1:3] if name)
+
+
+def sink_dequantize(graph) -> int:
+    """Move per-tensor DequantizeLinear nodes of activations below the data-movement ops that are their only
+    reader besides Shape nodes (and per-tensor QuantizeLinear nodes below a Gather that is theirs), in place;
+    returns how many moved.
+
+    The moved op then runs on the 8-bit tensor (a quarter of the bytes), the DequantizeLinear lands beside the
+    MatMul it feeds, and onnxruntime fuses that MatMul into MatMulIntegerToFloat: Swin's attention scores
+    (queries x keys) run in int8 instead of being dequantized and multiplied in float. A QuantizeLinear below
+    a Gather quantizes only the slice taken (the keys, not all of queries, keys and values).
+    """
+    outputs = {o.name for o in graph.output}
+    constants = _constants(graph)
+    nodes = list(graph.node)
+    moved = 0
+    changed = True
+    while changed:
+        changed = False
+        consumers: dict[str, list] = {}
+        for node in nodes:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        for node in list(nodes):
+            if node.op_type not in ("DequantizeLinear", "QuantizeLinear") or node.output[0] in outputs:
+                continue
+            if node.input[0] in constants or not _per_tensor(node, constants):
+                continue
+            readers = consumers.get(node.output[0], [])
+            # A Shape reader (the exporter's view/reshape arithmetic) reads the same shape before the (de)quantizer.
+            data = [r for r in readers if r.op_type != "Shape"]
+            if len(data) != 1 or data[0].input[0] != node.output[0] or data[0].output[0] in outputs:
+                continue
+            reader = data[0]
+            movable = _MOVE_OPS if node.op_type == "DequantizeLinear" else {"Gather"}
+            if reader.op_type not in movable or node.output[0] in reader.input[1:]:
+                continue
+            for shape in readers:
+                if shape.op_type == "Shape":
+                    shape.input[0] = node.input[0]
+            # reader(Q/DQ(x)) -> Q/DQ(reader(x)): the reader takes the (de)quantizer's input, the (de)quantizer
+            # its output, and writes the tensor the reader wrote.
+            result = reader.output[0]
+            reader.input[0], reader.output[0] = node.input[0], f"{result}__before_{node.op_type}"
+            node.input[0], node.output[0] = reader.output[0], result
+            nodes.remove(node)
+            nodes.insert(nodes.index(reader) + 1, node)
+            moved += 1
+            changed = True
+    if moved:
+        # Fresh copies: the repeated field would otherwise hold the nodes it is being cleared of.
+        copies = [type(node).FromString(node.SerializeToString()) for node in nodes]
+        del graph.node[:]
+        graph.node.extend(copies)
+    return moved
+
+
+def fold_float_scales(graph) -> int:
+    """Fold float scalings that precede a quantization into the ops around them, in place; returns how many.
+
+    - LayerNorm -> Mul(per-channel constant), the Mul the LayerNorm's only reader (SmoothQuant's smoothing
+      factors in front of a quantized Linear): the factors go into the LayerNorm's gamma and beta.
+    - Mul(positive scalar constant) -> per-tensor QuantizeLinear, the Q the Mul's only reader (attention's
+      1/sqrt(d) on the queries): Q(x * c, s) = Q(x, s / c).
+    """
+    from onnx import numpy_helper
+
+    constants = _constants(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    dropped, folded = set(), 0
+    for mul in graph.node:
+        if mul.op_type != "Mul" or mul.output[0] in outputs:
+            continue
+        side = next((i for i in (0, 1) if mul.input[1 - i] in constants and mul.input[i] not in constants), None)
+        if side is None:
+            continue
+        source, factor = mul.input[side], constants[mul.input[1 - side]].astype(np.float32)
+        norm = producers.get(source)
+        readers = consumers.get(mul.output[0], [])
+        if (norm is not None and norm.op_type == "LayerNormalization" and len(consumers.get(source, [])) == 1
+                and source not in outputs and len(norm.input) == 3 and all(name in constants for name in norm.input[1:])
+                and factor.ndim >= 1 and all(d == 1 for d in factor.shape[:-1])):
+            vector = factor.reshape(-1)
+            gamma, beta = (constants[name] for name in norm.input[1:])
+            if gamma.shape != vector.shape or beta.shape != vector.shape:
+                continue
+            for slot, value in ((1, gamma), (2, beta)):
+                name = f"{norm.name}__smoothed{slot}"
+                graph.initializer.append(numpy_helper.from_array((value * vector).astype(value.dtype), name))
+                norm.input[slot] = name
+            norm.output[0] = mul.output[0]
+        elif (factor.size == 1 and float(factor.reshape(-1)[0]) > 0 and len(readers) == 1
+              and readers[0].op_type == "QuantizeLinear" and _per_tensor(readers[0], constants)
+              and (norm is None or norm.op_type != "Mul")):  # the erf GELU ends in Mul(Mul(..), 0.5): keep it fusable
+            quantize = readers[0]
+            scale = constants[quantize.input[1]]
+            name = f"{quantize.name}__scale_over_factor"
+            graph.initializer.append(numpy_helper.from_array((scale / factor.reshape(scale.shape)).astype(scale.dtype), name))
+            quantize.input[0], quantize.input[1] = source, name
+        else:
+            continue
+        dropped.add(id(mul))
+        folded += 1
+    if folded:
+        keep = [n for n in graph.node if id(n) not in dropped]
+        used = {name for n in keep for name in n.input} | outputs
+        keep = [n for n in keep if n.op_type not in ("Constant", "Identity") or n.output[0] in used]
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {name for n in keep for name in n.input} | outputs
+        for init in [init for init in graph.initializer if init.name not in used]:
+            graph.initializer.remove(init)
+    return folded
