@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 
-def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, slice_dequantized: bool = True) -> int:
+def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for_openvino: bool = False) -> int:
     """Export an NNCF-quantized graph to a Q/DQ ONNX file with folded int8 weights; returns the weights folded.
 
-    `slice_dequantized=False` keeps products that onnxruntime would dequantize at run time whole (OpenVINO folds
-    the slices into stored copies of the constant).
+    `for_openvino`: the intermediate ONNX of an OpenVINO IR keeps the decoder whole over the label queries and
+    keeps products that onnxruntime would dequantize at run time whole (OpenVINO folds slices into stored copies
+    of the constant).
     """
     from ram_edge.quantize.quantizer import nncf_output_to_stderr  # first: it sets NNCF's kernel-build timeout
 
@@ -28,6 +29,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, sli
 
     from .int8_activations import fold_float_scales, sink_dequantize
     from .onnx_format import write_onnx
+    from .query_chunks import chunk_label_queries
 
     example = torch.zeros(1, 3, image_size, image_size)
     with nncf_output_to_stderr():
@@ -41,8 +43,10 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, sli
     fold_weight_transposes(model.graph)
     sink_dequantize(model.graph)
     fold_float_scales(model.graph)
-    quantize_matmul_constants(model.graph, chunk_elements=DEQUANTIZE_CHUNK_ELEMENTS if slice_dequantized else 0)
     fold_constant_products(model.graph)
+    if not for_openvino:
+        chunk_label_queries(model.graph)
+    quantize_matmul_constants(model.graph, chunk_elements=0 if for_openvino else DEQUANTIZE_CHUNK_ELEMENTS)
     store_constants_fp16(model.graph)
     onnx.save(model, str(path))
     return folded
@@ -134,6 +138,19 @@ def _consumers(graph) -> dict[str, list]:
     return readers
 
 
+def _remove_nodes(graph, dropped: set[int]) -> None:
+    """Remove the nodes whose id() is in `dropped`, then the Constant / Identity nodes and initializers nothing reads."""
+    outputs = {o.name for o in graph.output}
+    keep = [n for n in graph.node if id(n) not in dropped]
+    used = {name for n in keep for name in n.input} | outputs
+    keep = [n for n in keep if n.op_type not in ("Constant", "Identity") or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {name for n in keep for name in n.input} | outputs
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+
+
 def _known_rank(name: str, producers: dict) -> int | None:
     """The rank of a tensor where the graph states it (through element-wise quantization to a Transpose)."""
     node = producers.get(name)
@@ -200,12 +217,7 @@ def fold_constant_products(graph) -> int:
         dropped.update(id(n) for n in folded)
         count += 1
     if count:
-        keep = [n for n in graph.node if id(n) not in dropped]
-        del graph.node[:]
-        graph.node.extend(keep)
-        used = {name for n in keep for name in n.input} | outputs
-        for init in [init for init in graph.initializer if init.name not in used]:
-            graph.initializer.remove(init)
+        _remove_nodes(graph, dropped)
     return count
 
 

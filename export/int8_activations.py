@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .int8 import _consumers
+from .int8 import _consumers, _remove_nodes
 
 # Ops that move or select values without changing them: per-tensor (de)quantization commutes with them.
 _MOVE_OPS = frozenset({"Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
@@ -142,12 +142,5 @@ def fold_float_scales(graph) -> int:
         dropped.add(id(mul))
         folded += 1
     if folded:
-        keep = [n for n in graph.node if id(n) not in dropped]
-        used = {name for n in keep for name in n.input} | outputs
-        keep = [n for n in keep if n.op_type not in ("Constant", "Identity") or n.output[0] in used]
-        del graph.node[:]
-        graph.node.extend(keep)
-        used = {name for n in keep for name in n.input} | outputs
-        for init in [init for init in graph.initializer if init.name not in used]:
-            graph.initializer.remove(init)
+        _remove_nodes(graph, dropped)
     return folded

@@ -47,6 +47,19 @@ def to_fp16(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def chunk_queries_onnx(path: Path) -> int:
+    """The decoder of an ONNX file in chunks of label queries (export/query_chunks.py), in place; returns the chunks."""
+    import onnx
+
+    from .query_chunks import chunk_label_queries
+
+    model = onnx.load(str(path))
+    chunks = chunk_label_queries(model.graph)
+    if chunks:
+        onnx.save(model, str(path))
+    return chunks
+
+
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
 
 
@@ -61,9 +74,11 @@ def write_model_onnx(graph: torch.nn.Module, path: Path, precision: str, image_s
 
         # OpenVINO folds the slices of RAM++'s 8-bit embeddings into stored copies (Swin-B/384 INT8 IR: 26% -> 39%
         # of fp32) and needs no slicing to avoid a float copy of them.
-        write_int8_onnx(graph, path, image_size, slice_dequantized=not for_openvino)
+        write_int8_onnx(graph, path, image_size, for_openvino=for_openvino)
         return
     write_onnx(graph, path, image_size)
+    if not for_openvino:
+        chunk_queries_onnx(path)
     if precision == "fp16":
         to_fp16(path)
     elif precision == "int8-weights":

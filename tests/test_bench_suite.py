@@ -128,3 +128,24 @@ def test_mac_counts_cover_ram_plus_description_mixing(converted_golden):
         assert macs["encoder"] > 0 and 0 < macs["decoder_2"] < macs[f"decoder_{total}"], name
         times = torch_decoder_times(ckpt, [2], threads=1, iters=1)
         assert times[2] > 0
+
+
+def test_int8_targets_are_judged_on_full_size_models_and_shown_unjudged_for_the_default_model():
+    from ram_edge.benchmarks.suite import targets
+
+    def row(model, precision, ms, size, rss):
+        return {"model": model, "runtime": "ort", "precision": precision, "batch": 1, "tags": "all", "ms_per_image": ms,
+                "size_mb": size, "peak_rss_mb": rss}
+
+    rows = []
+    for model in ("default", "ram-swin-l384"):
+        rows += [row(model, "fp32", 100.0, 100.0, 1000.0), row(model, "int8", 50.0, 25.0, 500.0)]
+    result = {"rows": rows, "cpu": {"vnni": True}, "macs": {},
+              "suite": {"models": [{"name": "default", "source": "default"},
+                                   {"name": "ram-swin-l384", "source": "preset:ram_swin_large_384"}]}}
+    int8 = [t for t in targets(result) if "INT8" in t["target"]]
+    full = {t["target"].split(": ", 1)[1]: t for t in int8 if t["model"] == "ram-swin-l384"}
+    assert full["files <= 30% of fp32"]["pass"] is True and full["peak memory <= 60% of fp32"]["pass"] is True
+    assert full[">= 2.5x fp32 (VNNI)"]["pass"] is False and full[">= 2.5x fp32 (VNNI)"]["value"] == "2.00x"
+    shown = [t for t in int8 if t["model"] == "default"]
+    assert len(shown) == 3 and all(t["pass"] is None and "not judged" in t["target"] for t in shown)

@@ -632,3 +632,25 @@ def test_description_embeddings_become_int8_and_their_similarities_are_computed_
     whole = _description_graph(classes, des, dim, embeddings)
     assert quantize_matmul_constants(whole.graph, min_elements=16, chunk_elements=0) == 1
     assert [n.op_type for n in whole.graph.node].count("MatMul") == 2 and "Slice" not in [n.op_type for n in whole.graph.node]
+
+
+def test_ort_int8_baseline_report_times_fp32_dynamic_and_ram_edge_int8(micro, ptq_checkpoint, tmp_path):
+    from ram_edge.benchmarks.ort_int8_baseline import main
+
+    fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
+    assert _run("export", micro["checkpoint"], "-o", fp32, "--format", "onnx").exit_code == 0
+    assert _run("export", ptq_checkpoint, "-o", int8, "--format", "onnx").exit_code == 0
+    report = tmp_path / "report" / "baseline.md"
+    main(["--fp32", str(fp32), "--int8", str(int8), "--workdir", str(tmp_path / "work"), "--report", str(report),
+          "--rounds", "2", "--iters", "2", "--threads", "1", "--name", "micro"])
+    result = json.loads(report.with_suffix(".json").read_text())
+    assert set(result["p50_ms"]) == {"fp32", "dynamic", "ram_edge"} and all(len(t) == 2 for t in result["rounds_ms"].values())
+    # The baseline is onnxruntime's dynamic quantization and ram-edge's graph runs onnxruntime's int8 kernels.
+    assert "DynamicQuantizeMatMul" in result["ops_ms"]["dynamic"] or "MatMulInteger" in result["ops_ms"]["dynamic"]
+    assert "MatMulIntegerToFloat" in result["ops_ms"]["ram_edge"] and "MatMulIntegerToFloat" not in result["ops_ms"]["fp32"]
+    text = report.read_text()
+    assert "quantize_dynamic" in text and "x fp32" in text and "Reproduce: `python -m ram_edge.benchmarks.ort_int8_baseline" in text
+    assert not list((tmp_path / "work").glob("profile-*"))  # profiler traces are read and removed
+    # The wrong bundle in the wrong place is a clear error, not a traceback.
+    with pytest.raises(SystemExit):
+        main(["--fp32", str(int8), "--int8", str(fp32), "--workdir", str(tmp_path / "work"), "--report", str(report)])
