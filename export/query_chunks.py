@@ -25,8 +25,8 @@ def chunk_label_queries(graph, max_queries: int | None = None) -> int:
     (default QUERY_CHUNK) queries, in place; returns the number of chunks (0 where the graph has no more queries than that, or where
     the rewrite could not be proven to be a split along the query axis: the graph is then left as it was).
 
-    The queries are found as the constants with exactly one axis of the output's tag count N; the subgraph is
-    everything downstream of them. Each copy reads its slice of those constants; a Reshape whose constant
+    The queries are found as the constants of rank 3 or more with exactly one leading axis of the output's tag
+    count N; the subgraph is everything downstream of them. Each copy reads its slice of those constants; a Reshape whose constant
     shape names N reads the chunk's size instead; the outputs are concatenated along their N axis. Any other
     integer constant naming N in the subgraph (a Slice bound, an Expand shape) stops the rewrite.
     """
@@ -41,10 +41,12 @@ def chunk_label_queries(graph, max_queries: int | None = None) -> int:
     constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
     for name, node in constant_nodes.items():
         constants[name] = node.attribute[0].t
+    # The queries (1, N, D) and RAM++'s description embeddings (N, descriptions, D): N on a leading axis of a
+    # tensor of rank 3 or more. A weight that happens to have N rows or columns (rank 2) is not one.
     seeds: dict[str, int] = {}
     for name, tensor in constants.items():
         dims = list(tensor.dims)
-        if len(dims) >= 2 and tensor.data_type != TensorProto.INT64 and tags in dims:
+        if len(dims) >= 3 and tensor.data_type != TensorProto.INT64 and tags in dims[:-1]:
             if dims.count(tags) != 1:
                 return 0
             seeds[name] = dims.index(tags)
@@ -56,6 +58,10 @@ def chunk_label_queries(graph, max_queries: int | None = None) -> int:
         if any(name in dependent for name in node.input):
             inside.append(node)
             dependent.update(node.output)
+    # Any other constant with N in its shape that the subgraph reads would need slicing too: leave the graph whole.
+    if any(name in constants and name not in seeds and tags in constants[name].dims and constants[name].data_type != TensorProto.INT64
+           for node in inside for name in node.input):
+        return 0
     axes: dict[str, int] = {}
     for name in dependent & set(outputs):
         dims = [d.dim_value for d in outputs[name].type.tensor_type.shape.dim]

@@ -150,3 +150,21 @@ def test_int8_ram_plus_bundle_of_many_tags_is_chunked_with_8_bit_descriptions(tm
     parts = [numpy_helper.to_array(i) for i in graph.initializer if i.dims[1:] == [8, 32]]
     assert len(parts) == 2 and sum(p.shape[0] for p in parts) == 40 and {p.dtype for p in parts} == {np.dtype(np.int8)}
     assert Tagger.load(bundle, runtime="ort").predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 40)
+
+
+def test_a_per_tag_constant_the_rewrite_cannot_slice_leaves_the_graph_whole():
+    model = _decoder_graph()
+    graph = model.graph
+    # A per-tag bias (batch-broadcast, rank 2) on the logits: read inside the subgraph, not a query tensor.
+    bias = numpy_helper.from_array(np.zeros((1, TAGS), np.float32), "tag_bias")
+    graph.initializer.append(bias)
+    sigmoid = next(n for n in graph.node if n.op_type == "Sigmoid")
+    add = helper.make_node("Add", ["logits", "tag_bias"], ["biased"])
+    sigmoid.input[0] = "biased"
+    nodes = list(graph.node)
+    nodes.insert(nodes.index(sigmoid), add)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    before = model.SerializeToString()
+    assert chunk_label_queries(graph, max_queries=3) == 0
+    assert model.SerializeToString() == before
