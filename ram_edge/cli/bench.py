@@ -94,7 +94,7 @@ def _run_suite(suite_file: str, report_dir: str, workdir: str | None, as_json: b
         click.echo(json.dumps({"targets": result["targets"], "rows": result["rows"]}, default=str))
     else:
         for target in result["targets"]:
-            verdict = "pass" if target["pass"] else "MISS"
+            verdict = "not judged" if target["pass"] is None else ("pass" if target["pass"] else "MISS")
             click.echo(f"{target['model']}: {target['target']}: {target['value']}: {verdict}")
         failed = [r for r in result["rows"] if r.get("error")]
         click.echo(f"{len(result['rows']) - len(failed)} of {len(result['rows'])} cell(s) measured; report in {report_dir}")
