@@ -22,13 +22,15 @@ QUERY_CHUNK = 1024
 
 def chunk_label_queries(graph, max_queries: int | None = None) -> int:
     """Rewrite the subgraph that depends on the label queries as one copy per chunk of at most `max_queries`
-    (default QUERY_CHUNK) queries, in place; returns the number of chunks (0 where the graph has no more queries than that, or where
-    the rewrite could not be proven to be a split along the query axis: the graph is then left as it was).
+    (default QUERY_CHUNK) queries, in place; returns the number of chunks (0 where the graph has no more queries
+    than that, or where the rewrite could not be proven to be a split along the query axis: the graph is then left
+    as it was).
 
     The queries are found as the constants of rank 3 or more with exactly one leading axis of the output's tag
-    count N; the subgraph is everything downstream of them. Each copy reads its slice of those constants; a Reshape whose constant
-    shape names N reads the chunk's size instead; the outputs are concatenated along their N axis. Any other
-    integer constant naming N in the subgraph (a Slice bound, an Expand shape) stops the rewrite.
+    count N; the subgraph is everything downstream of them. Each copy reads its slice of those constants; a
+    Reshape whose constant shape names N reads the chunk's size instead; the outputs are concatenated along their
+    N axis. Any other constant naming N in the subgraph (a per-tag bias, a Slice bound, an Expand shape) stops
+    the rewrite.
     """
     from onnx import TensorProto, helper, numpy_helper
 
