@@ -5,9 +5,11 @@ operations, so a DequantizeLinear can sit a few data-movement ops away from the 
 (Swin's keys: DQ(qkv) -> Gather -> Transpose -> MatMul) and a float scaling can sit between a
 tensor and its QuantizeLinear (the SmoothQuant scales after a LayerNorm, the attention scale).
 onnxruntime only fuses a MatMul whose inputs come straight from DequantizeLinear nodes into an
-int8 kernel, and runs every float scaling as its own pass over the tensor. Both rewrites are exact
-in arithmetic: per-tensor quantization commutes with ops that only move values, and a positive
-scalar scaling before a quantization is a change of its scale.
+int8 kernel, and runs every float scaling as its own pass over the tensor. Both rewrites keep the
+arithmetic: per-tensor quantization commutes with ops that only move values, and a positive scalar
+scaling before a quantization is a change of its scale. Float rounding differs in the last bit, which
+can move a value across a rounding tie of the int8 grid: probabilities moved by up to 0.003 on the
+default model and 0.005 on Swin-L/384 (random weights) against the graph without the rewrites.
 """
 
 from __future__ import annotations
