@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ram_edge.fileio import atomic_file
 
-from .harness import bundle_model_mb, cpu_features, roofline_in_subprocess, write_markdown_report
+from .harness import bundle_model_mb, cpu_features, relative_to_cwd, roofline_in_subprocess, write_markdown_report
 
 
 def _log(msg: str) -> None:
@@ -46,12 +46,6 @@ def _bench(path: Path, runtime: str, batch: int, threads: int, iters: int, compu
         return {"runtime": runtime, "model": str(path), "batch_size": batch, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout)
 
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def run_int8(args, ckpt: Path, report: Path) -> None:
@@ -121,7 +115,7 @@ def run_int8(args, ckpt: Path, report: Path) -> None:
     bf16_text = "; ".join(
         f"batch {r['batch_size']}: {r['latency_image_ms']['p50']:.0f} ms/img" if "error" not in r else f"batch {r['batch_size']}: refused ({r['error'][0] if r['error'] else ''})"
         for r in bf16)
-    reproduce_report = f" --report {_relative(report)}" if args.report is not None else ""
+    reproduce_report = f" --report {relative_to_cwd(report)}" if args.report is not None else ""
     ptq_seconds = (work / "ptq.seconds").read_text() if (work / "ptq.seconds").is_file() else "?"
     notes = f"""CPU INT8/BF16 features: {', '.join(cpu['features']) or 'none'}; VNNI: {'yes' if cpu['vnni'] else 'no'}; OpenVINO CPU capabilities: {', '.join(cpu['openvino_capabilities'])}.
 PTQ (NNCF, transformer preset) calibrated on {args.calib_size} rendered train-split scenes at {size} px: {ptq_seconds} s here. Random weights: speed, memory and size only.

@@ -197,6 +197,15 @@ def cpu_features() -> dict[str, Any]:
             "bf16": "BF16" in capabilities, "openvino_capabilities": capabilities}
 
 
+def relative_to_cwd(path: str | Path) -> str:
+    """A path inside the current directory as a relative one (reproduce lines that run from any checkout);
+    anything else unchanged."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def log(msg: str) -> None:
     """A timestamped progress line on stderr."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ram_edge.benchmarks.harness import _package_version, bundle_model_mb, cpu_features, run_cli
+from ram_edge.benchmarks.harness import _package_version, bundle_model_mb, cpu_features, relative_to_cwd, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "ram_edge" / "assets" / "default_model" / "checkpoint"
@@ -283,17 +283,6 @@ def write_report(path: Path, result: dict) -> None:
     path.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 
-
-def _portable(arg: str) -> str:
-    """An absolute path inside the current directory as a relative one: the reproduce line runs from any checkout."""
-    path = Path(arg)
-    if path.is_absolute():
-        try:
-            return str(path.relative_to(Path.cwd()))
-        except ValueError:
-            return arg
-    return arg
-
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -314,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(work, bundles)
     result.update({
         "date": datetime.date.today().isoformat(),
-        "command": "python -m ram_edge.benchmarks.int8_default_model " + " ".join(_portable(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": "python -m ram_edge.benchmarks.int8_default_model " + " ".join(relative_to_cwd(a) for a in (sys.argv[1:] if argv is None else argv)),
         "seconds": time.perf_counter() - started,
         "settings": {"calib_size": args.calib_size, "qat_steps": args.qat_steps, "qat_images": args.qat_images},
         "machine": {"cpu": cpu_features(), "versions": ", ".join(f"{n} {_package_version(n)}" for n in

@@ -32,14 +32,12 @@ INT8_KERNELS = frozenset({"MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLin
 
 
 def _session(path: Path, threads: int, profile_prefix: str | None = None):
-    """An onnxruntime CPU session with the `ort` runtime's options (runtimes/ort_runtime.py)."""
+    """An onnxruntime CPU session with the `ort` runtime's options."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.enable_mem_pattern = False
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    from ram_edge.runtimes.ort_runtime import session_options
+
+    options = session_options(threads)
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import onnx_graph
+
 
 def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for_openvino: bool = False) -> int:
     """Export an NNCF-quantized graph to a Q/DQ ONNX file with folded int8 weights; returns the weights folded.
@@ -83,7 +85,7 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS,
     from onnx import TensorProto, helper, numpy_helper
 
     producers = {out: node for node in graph.node for out in node.output}
-    consumers = _consumers(graph)
+    consumers = onnx_graph.consumers(graph)
 
     def dequantized(name: str) -> bool:
         node = producers.get(name)
@@ -127,28 +129,6 @@ def quantize_matmul_constants(graph, min_elements: int = FP16_CONSTANT_ELEMENTS,
         del graph.node[:]
         graph.node.extend(nodes)
     return count
-
-
-def _consumers(graph) -> dict[str, list]:
-    """Each tensor name of an ONNX graph -> the nodes that read it, in graph order."""
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    return readers
-
-
-def _remove_nodes(graph, dropped: set[int]) -> None:
-    """Remove the nodes whose id() is in `dropped`, then the Constant / Identity nodes and initializers nothing reads."""
-    outputs = {o.name for o in graph.output}
-    keep = [n for n in graph.node if id(n) not in dropped]
-    used = {name for n in keep for name in n.input} | outputs
-    keep = [n for n in keep if n.op_type not in ("Constant", "Identity") or n.output[0] in used]
-    del graph.node[:]
-    graph.node.extend(keep)
-    used = {name for n in keep for name in n.input} | outputs
-    for init in [init for init in graph.initializer if init.name not in used]:
-        graph.initializer.remove(init)
 
 
 def _known_rank(name: str, producers: dict) -> int | None:
@@ -197,7 +177,7 @@ def fold_constant_products(graph) -> int:
     from onnx import TensorProto, numpy_helper
 
     inits = {init.name: init for init in graph.initializer if init.data_type == TensorProto.FLOAT}
-    consumers = _consumers(graph)
+    consumers = onnx_graph.consumers(graph)
     outputs = {o.name for o in graph.output}
     dropped, count = set(), 0
     for node in graph.node:
@@ -217,7 +197,7 @@ def fold_constant_products(graph) -> int:
         dropped.update(id(n) for n in folded)
         count += 1
     if count:
-        _remove_nodes(graph, dropped)
+        onnx_graph.remove_nodes(graph, dropped)
     return count
 
 
@@ -254,12 +234,7 @@ def fold_quantized_weights(graph) -> int:
     from onnx import numpy_helper
 
     # Constants are initializers or Constant nodes (the exporter writes small ones, zero points among them, as nodes).
-    constants = {init.name: init for init in graph.initializer}
-    for node in graph.node:  # topological order: an Identity of a constant is a constant too (shared zero points)
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            constants[node.output[0]] = node.attribute[0].t
-        elif node.op_type == "Identity" and node.input[0] in constants:
-            constants[node.output[0]] = constants[node.input[0]]
+    constants = onnx_graph.constant_tensors(graph)
     folded, keep = 0, []
     renamed: dict[str, str] = {}
     for node in graph.node:
@@ -307,7 +282,7 @@ def fold_weight_transposes(graph) -> int:
     from onnx import numpy_helper
 
     inits = {init.name: init for init in graph.initializer}
-    consumers = _consumers(graph)
+    consumers = onnx_graph.consumers(graph)
     outputs = {o.name for o in graph.output}
     readers = {name: len(nodes) for name, nodes in consumers.items()}
     dropped, folded = set(), 0
@@ -346,7 +321,7 @@ def fold_weight_transposes(graph) -> int:
     return folded
 
 
-def compress_weights_onnx(path: Path) -> int:
+def compress_weights(graph) -> int:
     """8-bit weights, float compute: every MatMul / Gemm / Conv weight becomes a uint8 initializer behind a
     per-output-channel DequantizeLinear (asymmetric, scale (max - min) / 255), in place; returns how many.
 
@@ -354,11 +329,8 @@ def compress_weights_onnx(path: Path) -> int:
     --method weights`), written directly: NNCF's ONNX weight compression gave per-axis scales of the wrong
     shape for Conv and for a MatMul of two constants here (onnxruntime refused the graph).
     """
-    import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
-    graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
     done: dict[str, str] = {}
@@ -389,7 +361,6 @@ def compress_weights_onnx(path: Path) -> int:
     used = {name for node in graph.node for name in node.input}
     for init in [init for init in graph.initializer if init.name not in used]:
         graph.initializer.remove(init)
-    onnx.save(model, str(path))
     return len(done)
 
 

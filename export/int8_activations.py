@@ -16,28 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .int8 import _consumers, _remove_nodes
+from . import onnx_graph
 
 # Ops that move or select values without changing them: per-tensor (de)quantization commutes with them.
 _MOVE_OPS = frozenset({"Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 
 
-def _constants(graph) -> dict:
-    """Tensor name -> numpy value for the initializers, Constant nodes and Identity chains of them."""
-    from onnx import numpy_helper
-
-    values = {init.name: init for init in graph.initializer}
-    for node in graph.node:  # topological order: an Identity of a constant is a constant too
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = node.attribute[0].t
-        elif node.op_type == "Identity" and node.input[0] in values:
-            values[node.output[0]] = values[node.input[0]]
-    return {name: numpy_helper.to_array(tensor) for name, tensor in values.items()}
-
-
 def _per_tensor(node, constants: dict) -> bool:
-    """Whether a QuantizeLinear / DequantizeLinear has one scale and one zero point."""
-    return all(name in constants and constants[name].size == 1 for name in node.input[1:3] if name)
+    """Whether a QuantizeLinear / DequantizeLinear has one scale and one zero point (constants: name -> TensorProto)."""
+    return all(name in constants and int(np.prod(constants[name].dims)) == 1 for name in node.input[1:3] if name)
 
 
 def sink_dequantize(graph) -> int:
@@ -51,14 +38,14 @@ def sink_dequantize(graph) -> int:
     a Gather quantizes only the slice taken (the keys, not all of queries, keys and values).
     """
     outputs = {o.name for o in graph.output}
-    constants = _constants(graph)
+    constants = onnx_graph.constant_tensors(graph)
     nodes = list(graph.node)
     moved = 0
     changed = True
     while changed:
         changed = False
         consumers: dict[str, list] = {}
-        for node in nodes:
+        for node in nodes:  # the working list, not graph.node: nodes move within it
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
         for node in list(nodes):
@@ -88,10 +75,8 @@ def sink_dequantize(graph) -> int:
             moved += 1
             changed = True
     if moved:
-        # Fresh copies: the repeated field would otherwise hold the nodes it is being cleared of.
-        copies = [type(node).FromString(node.SerializeToString()) for node in nodes]
         del graph.node[:]
-        graph.node.extend(copies)
+        graph.node.extend(nodes)
     return moved
 
 
@@ -105,9 +90,13 @@ def fold_float_scales(graph) -> int:
     """
     from onnx import numpy_helper
 
-    constants = _constants(graph)
+    constants = onnx_graph.constant_tensors(graph)  # TensorProtos: only the few values used are converted
+
+    def value(name: str) -> np.ndarray:
+        return numpy_helper.to_array(constants[name])
+
     producers = {out: node for node in graph.node for out in node.output}
-    consumers = _consumers(graph)
+    consumers = onnx_graph.consumers(graph)
     outputs = {o.name for o in graph.output}
     dropped, folded = set(), 0
     for mul in graph.node:
@@ -116,26 +105,26 @@ def fold_float_scales(graph) -> int:
         side = next((i for i in (0, 1) if mul.input[1 - i] in constants and mul.input[i] not in constants), None)
         if side is None:
             continue
-        source, factor = mul.input[side], constants[mul.input[1 - side]].astype(np.float32)
-        norm = producers.get(source)
+        source, factor = mul.input[side], value(mul.input[1 - side]).astype(np.float32)
+        producer = producers.get(source)
         readers = consumers.get(mul.output[0], [])
-        if (norm is not None and norm.op_type == "LayerNormalization" and len(consumers.get(source, [])) == 1
-                and source not in outputs and len(norm.input) == 3 and all(name in constants for name in norm.input[1:])
+        if (producer is not None and producer.op_type == "LayerNormalization" and len(consumers.get(source, [])) == 1
+                and source not in outputs and len(producer.input) == 3 and all(name in constants for name in producer.input[1:])
                 and factor.ndim >= 1 and all(d == 1 for d in factor.shape[:-1])):
             vector = factor.reshape(-1)
-            gamma, beta = (constants[name] for name in norm.input[1:])
+            gamma, beta = (value(name) for name in producer.input[1:])
             if gamma.shape != vector.shape or beta.shape != vector.shape:
                 continue
-            for slot, value in ((1, gamma), (2, beta)):
-                name = f"{norm.name}__smoothed{slot}"
-                graph.initializer.append(numpy_helper.from_array((value * vector).astype(value.dtype), name))
-                norm.input[slot] = name
-            norm.output[0] = mul.output[0]
+            for slot, weights in ((1, gamma), (2, beta)):
+                name = f"{producer.name}__smoothed{slot}"
+                graph.initializer.append(numpy_helper.from_array((weights * vector).astype(weights.dtype), name))
+                producer.input[slot] = name
+            producer.output[0] = mul.output[0]
         elif (factor.size == 1 and float(factor.reshape(-1)[0]) > 0 and len(readers) == 1
               and readers[0].op_type == "QuantizeLinear" and _per_tensor(readers[0], constants)
-              and (norm is None or norm.op_type != "Mul")):  # the erf GELU ends in Mul(Mul(..), 0.5): keep it fusable
+              and (producer is None or producer.op_type != "Mul")):  # the erf GELU ends in Mul(Mul(..), 0.5): keep it fusable
             quantize = readers[0]
-            scale = constants[quantize.input[1]]
+            scale = value(quantize.input[1])
             name = f"{quantize.name}__scale_over_factor"
             graph.initializer.append(numpy_helper.from_array((scale / factor.reshape(scale.shape)).astype(scale.dtype), name))
             quantize.input[0], quantize.input[1] = source, name
@@ -144,5 +133,5 @@ def fold_float_scales(graph) -> int:
         dropped.add(id(mul))
         folded += 1
     if folded:
-        _remove_nodes(graph, dropped)
+        onnx_graph.remove_nodes(graph, dropped)
     return folded

@@ -30,34 +30,18 @@ def write_onnx(graph: torch.nn.Module, path: Path, image_size: int) -> None:
         )
 
 
-def to_fp16(path: Path) -> None:
-    """Convert an ONNX file's weights and arithmetic to fp16, keeping float32 inputs and outputs."""
-    import onnx
+def to_fp16(model):
+    """An ONNX model with its weights and arithmetic in fp16, keeping float32 inputs and outputs."""
     from onnxconverter_common import float16
 
-    model = onnx.load(str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per weight too small for fp16: noise
         # LayerNorm/Softmax statistics in fp16 lose too much; keep those ops in float32. Identity too: the
         # exporter emits Identity copies of shared weights (a LayerNorm bias used twice), and a converted one
         # would feed an fp16 tensor to a float32 LayerNormalization, which onnxruntime refuses to load.
-        model = float16.convert_float_to_float16(
+        return float16.convert_float_to_float16(
             model, keep_io_types=True, op_block_list=["LayerNormalization", "ReduceMean", "Softmax", "Identity"]
         )
-    onnx.save(model, str(path))
-
-
-def chunk_queries_onnx(path: Path) -> int:
-    """The decoder of an ONNX file in chunks of label queries (export/query_chunks.py), in place; returns the chunks."""
-    import onnx
-
-    from .query_chunks import chunk_label_queries
-
-    model = onnx.load(str(path))
-    chunks = chunk_label_queries(model.graph)
-    if chunks:
-        onnx.save(model, str(path))
-    return chunks
 
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
@@ -77,14 +61,23 @@ def write_model_onnx(graph: torch.nn.Module, path: Path, precision: str, image_s
         write_int8_onnx(graph, path, image_size, for_openvino=for_openvino)
         return
     write_onnx(graph, path, image_size)
-    if not for_openvino:
-        chunk_queries_onnx(path)
-    if precision == "fp16":
-        to_fp16(path)
-    elif precision == "int8-weights":
-        from .int8 import compress_weights_onnx
+    if for_openvino and precision == "fp32":
+        return
+    import onnx
 
-        compress_weights_onnx(path)
+    from .query_chunks import chunk_label_queries
+
+    # One load and one save for what follows the export (a full-size fp32 graph is close to 1 GB).
+    model = onnx.load(str(path))
+    if not for_openvino:
+        chunk_label_queries(model.graph)
+    if precision == "fp16":
+        model = to_fp16(model)
+    elif precision == "int8-weights":
+        from .int8 import compress_weights
+
+        compress_weights(model.graph)
+    onnx.save(model, str(path))
 
 
 def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: int, device: str | None = None,

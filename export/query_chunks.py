@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .int8 import _remove_nodes
+from . import onnx_graph
 
 # Label queries per decoder pass in ONNX bundles: at batch 8 one feed-forward tensor of a chunk is 8 x 1024 x
 # 3072 floats (100 MB), below the encoder's own peak at Swin-L/384.
@@ -39,10 +39,8 @@ def chunk_label_queries(graph, max_queries: int | None = None) -> int:
     tags = _tag_count(graph)
     if tags is None or tags <= max_queries:
         return 0
-    constants = {init.name: init for init in graph.initializer}
-    constant_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
-    for name, node in constant_nodes.items():
-        constants[name] = node.attribute[0].t
+    # Not through Identity: an alias of a query constant would be a second seed for the same tensor.
+    constants = onnx_graph.constant_tensors(graph, identities=False)
     # The queries (1, N, D) and RAM++'s description embeddings (N, descriptions, D): N on a leading axis of a
     # tensor of rank 3 or more. A weight that happens to have N rows or columns (rank 2) is not one.
     seeds: dict[str, int] = {}
@@ -114,7 +112,7 @@ def chunk_label_queries(graph, max_queries: int | None = None) -> int:
     # Nothing outside the subgraph reads it, so the rest keeps its order and the copies run after it, one chunk
     # after the other.
     graph.node.extend(copies + joins)
-    _remove_nodes(graph, {id(n) for n in inside})
+    onnx_graph.remove_nodes(graph, {id(n) for n in inside})
     for info in [v for v in graph.value_info if v.name in dependent]:
         graph.value_info.remove(info)
     return len(bounds) - 1

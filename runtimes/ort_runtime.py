@@ -22,6 +22,23 @@ DEVICE_PROVIDERS = {
 }
 
 
+def session_options(threads: int | None = None):
+    """The onnxruntime SessionOptions every `ort` session starts from (the benchmarks time with the same)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # onnxruntime's memory pattern plans one block for every intermediate tensor from the first run's shapes;
+    # it overshoots badly on Q/DQ graphs (Swin-L/384 INT8 at batch 8: peak 3466 MB with it, 2199 without;
+    # fp32 3306 -> 3191; batch 1 INT8 815 -> 669) and bought no speed on any bundle measured (full-size or
+    # the 2.5 ms default model): allocations come from the arena either way.
+    options.enable_mem_pattern = False
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
+
+
 class OrtRuntime(Runtime):
     """onnxruntime InferenceSession over a bundle's model.onnx."""
 
@@ -68,16 +85,7 @@ class OrtRuntime(Runtime):
                 f"device {device!r} needs {DEVICE_PROVIDERS[device]}, which this onnxruntime does not have; "
                 f"available devices: {', '.join(available)} (providers: {', '.join(ort.get_available_providers())})"
             )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # onnxruntime's memory pattern plans one block for every intermediate tensor from the first run's shapes;
-        # it overshoots badly on Q/DQ graphs (Swin-L/384 INT8 at batch 8: peak 3466 MB with it, 2199 without;
-        # fp32 3306 -> 3191; batch 1 INT8 815 -> 669) and bought no speed on any bundle measured (full-size or
-        # the 2.5 ms default model): allocations come from the arena either way.
-        options.enable_mem_pattern = False
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
+        options = session_options(threads)
         if (self.bundle.manifest.get("quantization") or {}).get("method") == "weights":
             # 8-bit weights, float activations: without this, onnxruntime keeps every DequantizeLinear of a weight
             # for QDQ fusion that never comes and runs the convolutions without their packed kernels (default
