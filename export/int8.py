@@ -30,6 +30,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
     import nncf
 
     from .int8_activations import fold_float_scales, sink_dequantize
+    from .onnx_file import save_onnx
     from .onnx_format import write_onnx
     from .query_chunks import chunk_label_queries
 
@@ -50,7 +51,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
         chunk_label_queries(model.graph)
     quantize_matmul_constants(model.graph, chunk_elements=0 if for_openvino else DEQUANTIZE_CHUNK_ELEMENTS)
     store_constants_fp16(model.graph)
-    onnx.save(model, str(path))
+    save_onnx(model, path)
     return folded
 
 

@@ -9,6 +9,7 @@ import torch
 
 from ram_edge.errors import ExportError
 
+from .onnx_file import onnx_files, save_onnx
 from .validate import validate_outputs
 from .writer import FormatResult
 
@@ -77,7 +78,7 @@ def write_model_onnx(graph: torch.nn.Module, path: Path, precision: str, image_s
         from .int8 import compress_weights
 
         compress_weights(model.graph)
-    onnx.save(model, str(path))
+    save_onnx(model, path)
 
 
 def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: int, device: str | None = None,
@@ -94,5 +95,5 @@ def export(graph: torch.nn.Module, directory: Path, precision: str, image_size: 
     report = validate_outputs(reference if reference is not None else graph, lambda x: session.run([OUTPUT], {INPUT: x})[0],
                               image_size, precision, OUTPUT, runtime="onnxruntime CPU",
                               compute_precision="fp32" if precision == "int8-weights" else precision)
-    return FormatResult(files={"model": path.name}, input_name=INPUT, output_name=OUTPUT, validation=report,
+    return FormatResult(files=onnx_files(path), input_name=INPUT, output_name=OUTPUT, validation=report,
                         queries="folded into the graph as constants")

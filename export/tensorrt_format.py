@@ -26,6 +26,8 @@ from ram_edge.bundle import Bundle, read_bundle, write_manifest
 from ram_edge.errors import ExportError
 from ram_edge.fileio import atomic_dir, atomic_file, refuse_existing
 
+from .onnx_file import data_file
+
 if TYPE_CHECKING:
     import tensorrt as trt
 
@@ -320,6 +322,9 @@ def build_trt_bundle(source: str | Path, out_dir: str | Path, options: TrtBuildO
         layers = engine_layers(engine_bytes, options.dla_core)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         shutil.copyfile(onnx_path, tmp / ONNX_FILE)
+        onnx_weights = data_file(onnx_path)
+        if onnx_weights.exists():  # the graph names its weights file: it keeps that name beside the copy
+            shutil.copyfile(onnx_weights, tmp / onnx_weights.name)
         (tmp / ENGINE_FILE).write_bytes(engine_bytes)
         (tmp / LAYERS_FILE).write_text(layers, encoding="utf-8")
         manifest = {key: value for key, value in bundle.manifest.items() if key not in ("sha256", "source_bundle", "tensorrt")}
@@ -327,7 +332,8 @@ def build_trt_bundle(source: str | Path, out_dir: str | Path, options: TrtBuildO
             "model_format": "trt",
             "precision": options.precision,
             "compute_precision": options.precision,
-            "files": {"model": ENGINE_FILE, "onnx": ONNX_FILE, "layers": LAYERS_FILE},
+            "files": {"model": ENGINE_FILE, "onnx": ONNX_FILE, "layers": LAYERS_FILE,
+                      **({"onnx_weights": onnx_weights.name} if onnx_weights.exists() else {})},
             "tensorrt": record,
             "source_bundle": {**origin, "path": origin.get("path") or str(Path(source))},
         })

@@ -12,6 +12,7 @@ from ram_edge.bundle import read_bundle
 from ram_edge.errors import BundleError, RuntimeUnavailableError
 
 from .base import Runtime, normalize_compute_precision
+from .heap import release_free_heap
 
 # --device value -> execution provider; the CPU provider is appended as onnxruntime's own
 # fallback only for nodes the chosen provider cannot run, never as a silent replacement.
@@ -97,6 +98,8 @@ class OrtRuntime(Runtime):
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph, ...)
             raise BundleError(f"{self.bundle.file('model')}: onnxruntime cannot load the model "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); re-export the bundle") from None
+        # The parsed model and the copies made while loading are freed now; give their pages back.
+        release_free_heap()
         used = self.session.get_providers()
         if used[0] != DEVICE_PROVIDERS[device]:
             raise RuntimeUnavailableError(
