@@ -14,6 +14,7 @@ from ram_edge.bundle import read_bundle
 from ram_edge.errors import BundleError, RuntimeUnavailableError
 
 from .base import Runtime, normalize_compute_precision
+from .heap import release_free_heap
 
 CACHE_ENV = "RAM_EDGE_OV_CACHE"
 # ram-edge's compute precision -> OpenVINO's INFERENCE_PRECISION_HINT value, and the CPU capability it needs.
@@ -95,6 +96,8 @@ class OpenVINORuntime(Runtime):
                     self._compiled = self._core.compile_model(model, self._device, self._config)
                     self._request = self._compiled.create_infer_request()
                     self._output = self._compiled.output(self.bundle.output_name)
+                    del model
+                    release_free_heap()  # what compiling freed (Swin-L/384 INT8 IR: 792 -> 758 MB resident)
                 except Exception as exc:  # OpenVINO raises RuntimeError with its C++ trace for a damaged model
                     self._compiled = None
                     raise BundleError(f"{self._model_path}: OpenVINO cannot load the model on {self._device} "
