@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import subprocess
 import sys
@@ -150,6 +151,9 @@ class Suite:
     # -- artifacts -----------------------------------------------------------------------------------
     def _sh(self, *args: str) -> None:
         run_cli(*args, capture=True)
+        # A bundle is hundreds of MB: flush it now, or the kernel's writeback competes with the next timed cell
+        # for the cores (the INT8 cells timed right after their export ran 16-23% slower than their second round).
+        os.sync()
 
     def checkpoint(self, model: SuiteModel) -> Path:
         """The float checkpoint of a suite model."""
@@ -254,12 +258,8 @@ class Suite:
         """The fp32 matmul roofline (MAC/s), read in a fresh process (see `roofline_in_subprocess`)."""
         return roofline_in_subprocess(self.config.threads, n=3072, repeats=2)
 
-    def bench_cell(self, cell: Cell) -> dict[str, Any]:
-        """`ram-edge bench --json` in a fresh process; a failure is returned as {'error': ...}."""
-        try:
-            path = self.artifact(cell)
-        except RamEdgeError as exc:
-            return {"error": str(exc)}
+    def bench_cell(self, cell: Cell, path: Path) -> dict[str, Any]:
+        """`ram-edge bench --json` on the cell's artifact `path` in a fresh process; a failure is returned as {'error': ...}."""
         args = ["bench", str(path), "--runtime", cell.runtime, "--batch-size", str(cell.batch), "--iters", str(self.config.iters),
                 "--warmup", str(self.config.warmup), "--threads", str(self.config.threads), "--json"]
         if cell.precision == "bf16":
@@ -353,9 +353,14 @@ class Suite:
             order += [(r, c) for c in (cells if r % 2 == 0 else list(reversed(cells)))]
         with tqdm(total=len(order), desc=f"suite {self.config.name}", unit="cell", file=sys.stderr, disable=None) as bar:
             for r, cell in order:
-                if self.config.roofline:
-                    self.readings.append(self._roofline())
-                result = self.bench_cell(cell)
+                try:  # made (exported, quantized) before the roofline reading and the timing, never between them
+                    path = self.artifact(cell)
+                except RamEdgeError as exc:
+                    path, result = None, {"error": str(exc)}
+                if path is not None:
+                    if self.config.roofline:
+                        self.readings.append(self._roofline())
+                    result = self.bench_cell(cell, path)
                 row = rows[cell.key]
                 if "error" in result:
                     row["errors"].append(result["error"])
