@@ -2,7 +2,7 @@
 
 Every artifact is made by the ram-edge command a user runs (export, quantize; cached in the work
 directory), every cell is timed by `ram-edge bench --json` in a fresh process, the cells run in
-`rounds` passes (the second in reverse order, so drift of a shared machine hits all alike; the
+`rounds` passes (every second one in reverse order, so drift of a shared machine hits all alike; the
 spread between rounds is the noise the report states), and the fp32 matmul roofline is read before
 every cell. Cold start (process start to the first tags of `ram-edge tag`), accuracy (the default
 model's mAP on its rendered test split and tag-set agreement with torch fp32; probability
@@ -635,7 +635,7 @@ def write_report(result: dict[str, Any], directory: Path) -> Path:
              f"Machine: {cpu['model']}, {cpu['cores']} cores, features {', '.join(cpu['features']) or 'none of AVX-512/VNNI/AMX'} "
              f"(VNNI: {'yes' if cpu.get('vnni') else 'no'}, BF16: {'yes' if cpu.get('bf16') else 'no'}); {result['suite']['threads']} threads  ",
              f"Date: {result['date']}; command: `{result['command']}`  ",
-             f"Rounds: {result['suite']['rounds']} (the second in reverse order); noise: the p50 per image of one cell differed "
+             f"Rounds: {result['suite']['rounds']} (every second one in reverse order; a cell's figure is the median of its rounds); noise: the p50 per image of one cell differed "
              f"between rounds by {_fmt(float(np.median(spreads)) if spreads else None, '.1f')}% (median), "
              f"{_fmt(max(spreads) if spreads else None, '.1f')}% (largest)  ",
              "fp32 matmul roofline (the faster of torch and OpenVINO at 3072², in its own process before every cell): "
