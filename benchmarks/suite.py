@@ -151,8 +151,8 @@ class Suite:
     # -- artifacts -----------------------------------------------------------------------------------
     def _sh(self, *args: str) -> None:
         run_cli(*args, capture=True)
-        # A bundle is hundreds of MB: flush it now, or the kernel's writeback competes with the next timed cell
-        # for the cores (the INT8 cells timed right after their export ran 16-23% slower than their second round).
+        # A bundle is hundreds of MB: flush it now, so the kernel's writeback does not compete with the next timed
+        # cell for the cores (an INT8 cell timed right after its export once ran 20% slower than its second round).
         os.sync()
 
     def checkpoint(self, model: SuiteModel) -> Path:
@@ -356,8 +356,8 @@ class Suite:
                 try:  # made (exported, quantized) before the roofline reading and the timing, never between them
                     path = self.artifact(cell)
                 except RamEdgeError as exc:
-                    path, result = None, {"error": str(exc)}
-                if path is not None:
+                    result = {"error": str(exc)}
+                else:
                     if self.config.roofline:
                         self.readings.append(self._roofline())
                     result = self.bench_cell(cell, path)

@@ -47,9 +47,7 @@ def save_onnx(model, path: Path, min_bytes: int | None = None) -> list[str]:
     return [path.name, extra.name]
 
 
-def onnx_files(path: Path, role: str = "model", data_role: str = "weights") -> dict[str, str]:
-    """Manifest roles of the ONNX graph at `path`: `role` for the graph, `data_role` for its weights file if any."""
-    files = {role: path.name}
-    if data_file(path).exists():
-        files[data_role] = data_file(path).name
-    return files
+def onnx_files(path: Path) -> dict[str, str]:
+    """A bundle's manifest roles for the ONNX graph at `path`: `model`, and `weights` for its data file if it has one."""
+    extra = data_file(path)
+    return {"model": path.name, **({"weights": extra.name} if extra.exists() else {})}

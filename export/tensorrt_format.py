@@ -323,7 +323,8 @@ def build_trt_bundle(source: str | Path, out_dir: str | Path, options: TrtBuildO
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         shutil.copyfile(onnx_path, tmp / ONNX_FILE)
         onnx_weights = data_file(onnx_path)
-        if onnx_weights.exists():  # the graph names its weights file: it keeps that name beside the copy
+        copied = {"onnx_weights": onnx_weights.name} if onnx_weights.exists() else {}
+        if copied:  # the graph names its weights file: it keeps that name beside the copy
             shutil.copyfile(onnx_weights, tmp / onnx_weights.name)
         (tmp / ENGINE_FILE).write_bytes(engine_bytes)
         (tmp / LAYERS_FILE).write_text(layers, encoding="utf-8")
@@ -332,8 +333,7 @@ def build_trt_bundle(source: str | Path, out_dir: str | Path, options: TrtBuildO
             "model_format": "trt",
             "precision": options.precision,
             "compute_precision": options.precision,
-            "files": {"model": ENGINE_FILE, "onnx": ONNX_FILE, "layers": LAYERS_FILE,
-                      **({"onnx_weights": onnx_weights.name} if onnx_weights.exists() else {})},
+            "files": {"model": ENGINE_FILE, "onnx": ONNX_FILE, "layers": LAYERS_FILE, **copied},
             "tensorrt": record,
             "source_bundle": {**origin, "path": origin.get("path") or str(Path(source))},
         })

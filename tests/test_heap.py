@@ -7,14 +7,10 @@ import sys
 
 import pytest
 
+from ram_edge.benchmarks.harness import _current_rss_mb
 from ram_edge.runtimes.heap import _glibc, release_free_heap
 
 BLOCK, COUNT = 64 << 10, 1600  # 64 KB blocks: under glibc's mmap threshold, so they live on the heap
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or _glibc() is None, reason="malloc_trim is glibc's (Linux)")
@@ -29,9 +25,9 @@ def test_release_free_heap_returns_freed_pages():
     # The last block stays allocated at the top of the heap, so glibc cannot shrink the heap by itself.
     for block in blocks[:-1]:
         libc.free(block)
-    before = _rss_mb()
+    before = _current_rss_mb()
     assert release_free_heap()
-    after = _rss_mb()
+    after = _current_rss_mb()
     libc.free(blocks[-1])
     assert before - after > 0.5 * COUNT * BLOCK / 2**20, (before, after)
 

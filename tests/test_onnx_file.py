@@ -5,8 +5,8 @@ The shipped default model is below the size limit, so these tests lower the limi
 from __future__ import annotations
 
 import json
+import shutil
 import stat
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +23,6 @@ from ram_edge.cli.main import cli  # noqa: E402
 from ram_edge.default_model import default_model_path  # noqa: E402
 from ram_edge.errors import BundleError  # noqa: E402
 from ram_edge.export import onnx_file  # noqa: E402
-from ram_edge.runtimes import cuda_memory  # noqa: E402
 
 EXAMPLES = default_model_path("bundle").parent / "examples"
 
@@ -102,8 +101,6 @@ def test_bundle_lists_and_checks_its_weights_file(external_bundle, tmp_path):
     with Tagger.load(inline.path, runtime="ort") as a, Tagger.load(external.path, runtime="ort") as b:
         np.testing.assert_array_equal(a.scores(images), b.scores(images))
 
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(external.path, copy)
     data = bytearray((copy / "model.onnx.data").read_bytes())
@@ -121,11 +118,7 @@ def test_tensorrt_bundle_carries_the_weights_file(external_bundle, tmp_path, tmp
 
     out = tmp_path / "trt"
     with pytest.MonkeyPatch.context() as mp:  # TensorRT and CUDA: the test double of tests/trt_double.py
-        mp.setitem(sys.modules, "tensorrt", trt_double.module())
-        mp.setitem(cuda_memory.BACKENDS, "double", (lambda: True, trt_double.DoubleCudaMemory))
-        mp.setenv(cuda_memory.BACKEND_ENV, "double")
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("RAM_EDGE_TRT_TIMING_CACHE", raising=False)
+        trt_double.install(mp, tmp_path_factory.mktemp("cache"))
         manifest = build_trt_bundle(external_bundle["external"], out, TrtBuildOptions(precision="fp16", max_batch=2, opt_batch=1),
                                     progress=False)
     assert manifest["files"] == {"model": "model.engine", "onnx": "model.onnx", "layers": "engine_layers.json",

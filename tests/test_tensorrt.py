@@ -39,11 +39,7 @@ EXAMPLES = REPO / "ram_edge" / "assets" / "default_model" / "examples"
 def double(tmp_path_factory):
     """TensorRT and CUDA replaced by the test double for this module (timing cache in a temporary home)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, "tensorrt", trt_double.module())
-        mp.setitem(cuda_memory.BACKENDS, "double", (lambda: True, trt_double.DoubleCudaMemory))
-        mp.setenv(cuda_memory.BACKEND_ENV, "double")
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        mp.delenv("RAM_EDGE_TRT_TIMING_CACHE", raising=False)
+        trt_double.install(mp, tmp_path_factory.mktemp("cache"))
         yield trt_double
 
 

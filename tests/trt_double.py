@@ -454,6 +454,19 @@ class Runtime:
         return Engine(header, onnx_bytes)
 
 
+def install(mp, cache_dir) -> None:
+    """Put the double in place of TensorRT and CUDA memory with `mp` (a pytest MonkeyPatch); timing cache under `cache_dir`."""
+    import sys
+
+    from ram_edge.runtimes import cuda_memory
+
+    mp.setitem(sys.modules, "tensorrt", module())
+    mp.setitem(cuda_memory.BACKENDS, "double", (lambda: True, DoubleCudaMemory))
+    mp.setenv(cuda_memory.BACKEND_ENV, "double")
+    mp.setenv("XDG_CACHE_HOME", str(cache_dir))
+    mp.delenv("RAM_EDGE_TRT_TIMING_CACHE", raising=False)
+
+
 def module() -> types.ModuleType:
     """The double as a module object to put at sys.modules['tensorrt']."""
     mod = types.ModuleType("tensorrt", "TEST DOUBLE of TensorRT (tests/trt_double.py), not TensorRT")
