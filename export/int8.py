@@ -33,6 +33,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
     from .onnx_file import save_onnx
     from .onnx_format import write_onnx
     from .query_chunks import chunk_label_queries
+    from .swin_chunks import chunk_swin_stages
 
     example = torch.zeros(1, 3, image_size, image_size)
     with nncf_output_to_stderr():
@@ -49,6 +50,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
     fold_constant_products(model.graph)
     if not for_openvino:
         chunk_label_queries(model.graph)
+        chunk_swin_stages(model)
     quantize_matmul_constants(model.graph, chunk_elements=0 if for_openvino else DEQUANTIZE_CHUNK_ELEMENTS)
     store_constants_fp16(model.graph)
     save_onnx(model, path)

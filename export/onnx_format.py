@@ -67,11 +67,13 @@ def write_model_onnx(graph: torch.nn.Module, path: Path, precision: str, image_s
     import onnx
 
     from .query_chunks import chunk_label_queries
+    from .swin_chunks import chunk_swin_stages
 
     # One load and one save for what follows the export (a full-size fp32 graph is close to 1 GB).
     model = onnx.load(str(path))
     if not for_openvino:
         chunk_label_queries(model.graph)
+        chunk_swin_stages(model)
     if precision == "fp16":
         model = to_fp16(model)
     elif precision == "int8-weights":
