@@ -46,6 +46,8 @@ def chunk_swin_stages(model, chunk_bytes: int | None = None) -> int:
     for block in blocks:
         cut += _chunk_feed_forward(graph, block, shapes, chunk_bytes)
         cut += _chunk_window_attention(graph, block, shapes, chunk_bytes)
+    if cut:
+        onnx_graph.remove_nodes(graph, set())  # the whole shift masks, now read in slices only
     return cut
 
 

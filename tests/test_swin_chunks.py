@@ -78,6 +78,13 @@ def test_fp32_bundle_runs_its_first_stages_in_chunks_with_the_same_answers(tmp_p
     graph = onnx.load(str(chunked / "model.onnx")).graph
     masks = [i for i in graph.initializer if i.name.endswith("__mask")]
     assert masks and all(list(m.dims)[:2] == [1, 2] for m in masks)  # each chunk reads its 2 windows' rows of the mask
+    # and the whole mask (1, 4 windows, 1, 16, 16) is gone: the file holds its rows once
+    def five_d(g) -> list:
+        tensors = [n.attribute[0].t for n in g.node if n.op_type == "Constant"] + list(g.initializer)
+        return [list(t.dims) for t in tensors if len(t.dims) == 5]
+
+    assert five_d(onnx.load(str(whole / "model.onnx")).graph) == [[1, 4, 1, 16, 16]]
+    assert sorted(five_d(graph)) == [[1, 2, 1, 16, 16]] * 2
     batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(_probs(chunked, batch), _probs(whole, batch), atol=1e-6)
 
