@@ -54,17 +54,18 @@ def chunk_swin_stages(model, chunk_bytes: int | None = None) -> int:
 def _static_shapes(model) -> dict[str, list]:
     """Tensor name -> dims (None where not static), by ONNX shape inference on the graph without the weights' bytes
     (a full-size graph may be over protobuf's 2 GB when serialized whole, and is slow to copy)."""
-    from onnx import ModelProto, helper, shape_inference
+    from onnx import shape_inference
 
-    light = ModelProto()
-    _copy_without_large_weights(model, light, helper)
-    inferred = shape_inference.infer_shapes(light, data_prop=True)
+    inferred = shape_inference.infer_shapes(_weightless_copy(model), data_prop=True)
     return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
             for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
 
 
-def _copy_without_large_weights(model, light, helper) -> None:
-    """`light` = `model` with its initializers over 1 KB turned into graph inputs of the same type and shape."""
+def _weightless_copy(model):
+    """`model` with its initializers over 1 KB (or stored outside) turned into graph inputs of the same type and shape."""
+    from onnx import ModelProto, TensorProto, helper
+
+    light = ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
     light.graph.name = model.graph.name
@@ -72,10 +73,11 @@ def _copy_without_large_weights(model, light, helper) -> None:
     light.graph.input.extend(model.graph.input)
     light.graph.output.extend(model.graph.output)
     for init in model.graph.initializer:
-        if len(init.raw_data) > 1024 or init.data_location == 1:  # 1: EXTERNAL
+        if len(init.raw_data) > 1024 or init.data_location == TensorProto.EXTERNAL:
             light.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
         else:
             light.graph.initializer.append(init)
+    return light
 
 
 def _region(nodes: list, start: str, end: str, outputs: set[str]) -> list[int] | None:
