@@ -117,6 +117,8 @@ def _find(nodes: list, prefix: str, op: str) -> list:
 
 def _chunk_feed_forward(graph, block: str, shapes: dict, chunk_bytes: int) -> int:
     """norm2's output -> fc2's output of one block, by chunks of tokens (axis 1 of (batch, tokens, channels))."""
+    from onnx import helper
+
     nodes = list(graph.node)
     norms = _find(nodes, block + "norm2/", "LayerNormalization")
     ends = _find(nodes, block + "mlp/fc2/", "Add") or _find(nodes, block + "mlp/fc2/", "MatMul")
@@ -124,11 +126,11 @@ def _chunk_feed_forward(graph, block: str, shapes: dict, chunk_bytes: int) -> in
     if len(norms) != 1 or not ends or len(firsts) != 1:
         return 0
     start, end = norms[0].output[0], ends[-1].output[0]
-    tokens = (shapes.get(start) or [None] * 3)[1:2]
-    hidden = (shapes.get(firsts[0].output[0]) or [None])[-1]
-    if len(shapes.get(start) or []) != 3 or not tokens or tokens[0] is None or hidden is None:
+    dims, hidden = shapes.get(start) or [], (shapes.get(firsts[0].output[0]) or [None])[-1]
+    if len(dims) != 3 or dims[1] is None or hidden is None:
         return 0
-    pieces = min(tokens[0], math.ceil(tokens[0] * hidden * 4 / chunk_bytes))
+    tokens = dims[1]
+    pieces = min(tokens, math.ceil(tokens * hidden * 4 / chunk_bytes))
     inside = _region(nodes, start, end, {o.name for o in graph.output})
     if pieces < 2 or inside is None or any(nodes[i].op_type not in _TOKENWISE for i in inside):
         return 0
@@ -138,18 +140,14 @@ def _chunk_feed_forward(graph, block: str, shapes: dict, chunk_bytes: int) -> in
         for slot, name in enumerate(nodes[i].input):
             if name in constants and not (nodes[i].op_type == "MatMul" and slot == 1) and any(d != 1 for d in list(constants[name].dims)[:-1]):
                 return 0
-    bounds = np.linspace(0, tokens[0], pieces + 1).round().astype(int)
+    bounds = np.linspace(0, tokens, pieces + 1).round().astype(int)
     tag = f"{block}mlp/__tokens"
 
     def cut(chunk: int) -> tuple[list, str]:
-        from onnx import helper
-
         names = _constants(graph, f"{tag}{chunk}", starts=[bounds[chunk]], ends=[bounds[chunk + 1]], axes=[1])
         return [helper.make_node("Slice", [start, *names], [f"{tag}{chunk}_in"], name=f"{tag}{chunk}_Slice")], f"{tag}{chunk}_in"
 
     def join(parts: list[str]) -> list:
-        from onnx import helper
-
         return [helper.make_node("Concat", parts, [end], name=f"{tag}_Concat", axis=1)]
 
     _replace_by_copies(graph, nodes, inside, start, end, len(bounds) - 1, tag, cut, join)
@@ -159,7 +157,7 @@ def _chunk_feed_forward(graph, block: str, shapes: dict, chunk_bytes: int) -> in
 def _chunk_window_attention(graph, block: str, shapes: dict, chunk_bytes: int) -> int:
     """The windows (batch x windows, tokens, channels) -> the attention's projected output of one block, by chunks of
     windows (each image's windows split alike, so every chunk keeps its shift mask's rows)."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     nodes = list(graph.node)
     qkv = _find(nodes, block + "attn/qkv/", "MatMul")
@@ -196,7 +194,7 @@ def _chunk_window_attention(graph, block: str, shapes: dict, chunk_bytes: int) -
     for i in inside:
         node = nodes[i]
         for slot, name in enumerate(node.input):
-            if name in constants and constants[name].data_type != 7:  # 7: INT64 (shapes, axes, indices)
+            if name in constants and constants[name].data_type != TensorProto.INT64:  # not shapes, axes, indices
                 dims = list(constants[name].dims)
                 if len(dims) == 5 and dims[1] == count and node.op_type == "Add":
                     masks[(i, slot)] = numpy_helper.to_array(constants[name])
@@ -210,8 +208,6 @@ def _chunk_window_attention(graph, block: str, shapes: dict, chunk_bytes: int) -
     tag = f"{block}attn/__windows"
 
     def cut(chunk: int) -> tuple[list, str]:
-        from onnx import helper
-
         names = _constants(graph, f"{tag}{chunk}", grid=[-1, count, tokens, channels], starts=[bounds[chunk]],
                            ends=[bounds[chunk + 1]], axes=[1], flat=[-1, tokens, channels])
         grid, starts, ends_, axes, flat = names
@@ -228,8 +224,6 @@ def _chunk_window_attention(graph, block: str, shapes: dict, chunk_bytes: int) -
             copy.input[1] = _constants(graph, f"{copy.name}_shape", shape=[-1, hi - lo, *reshapes[index]])[0]
 
     def join(parts: list[str]) -> list:
-        from onnx import helper
-
         out, grids = [], []
         for chunk, part in enumerate(parts):
             shape = _constants(graph, f"{tag}{chunk}_out", shape=[-1, int(bounds[chunk + 1] - bounds[chunk]), tokens, channels])[0]
@@ -262,6 +256,7 @@ def _replace_by_copies(graph, nodes: list, inside: list[int], start: str, end: s
     """Put one copy of the nodes `inside` per chunk where they were (each reading `cut(chunk)`'s tensor for `start`),
     then `join`'s nodes writing `end`; copies left without readers (shape arithmetic a patch replaced) are dropped."""
     copies, parts = [], []
+    suffix = tag.rsplit("/", 1)[-1]
     for chunk in range(pieces):
         head, source = cut(chunk)
         copies += head
@@ -269,11 +264,11 @@ def _replace_by_copies(graph, nodes: list, inside: list[int], start: str, end: s
         for index in inside:
             copy = type(nodes[index])()
             copy.CopyFrom(nodes[index])
-            copy.name = f"{copy.name or copy.op_type}__{tag.rsplit('/', 1)[-1]}{chunk}"
+            copy.name = f"{copy.name or copy.op_type}__{suffix}{chunk}"
             for slot, name in enumerate(copy.input):
                 copy.input[slot] = renamed.get(name, name)
             for slot, name in enumerate(copy.output):
-                renamed[name] = copy.output[slot] = f"{name}__{tag.rsplit('/', 1)[-1]}{chunk}"
+                renamed[name] = copy.output[slot] = f"{name}__{suffix}{chunk}"
             if patch is not None:
                 patch(index, copy, chunk)
             copies.append(copy)
