@@ -31,18 +31,59 @@ def write_onnx(graph: torch.nn.Module, path: Path, image_size: int) -> None:
         )
 
 
+# LayerNorm/Softmax statistics in fp16 lose too much: these ops stay float32.
+FP16_KEPT_FLOAT = ("LayerNormalization", "ReduceMean", "Softmax", "Identity")
+
+
+def unshare_kept_float_initializers(graph, kept_float=FP16_KEPT_FLOAT) -> None:
+    """Let onnxconverter's fp16 pass type every initializer right: read constants through Identity directly, and give
+    the float32 ops their own copy of an initializer that converted ops read too."""
+    from onnx import TensorProto
+
+    from .onnx_graph import consumers, remove_nodes
+
+    # The exporter writes a second use of one weight as an Identity of it (a LayerNorm bias used twice, or equal
+    # weights deduplicated: an untrained model's all-zero position-bias tables). The fp16 pass leaves such an
+    # initializer float32 once any reader stays float32, yet converts the other readers without a Cast, and
+    # onnxruntime refuses the graph.
+    initializers = {init.name: init for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            source = alias.get(node.input[0], node.input[0])
+            if source in initializers:
+                alias[node.output[0]] = source
+    if alias:
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in alias:
+                    node.input[i] = alias[name]
+        remove_nodes(graph, set())
+    float_types = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    for name, readers in consumers(graph).items():
+        init = initializers.get(name)
+        if init is None or init.data_type not in float_types:
+            continue
+        kept = [n for n in readers if n.op_type in kept_float]
+        if kept and len(kept) < len(readers):
+            copy = graph.initializer.add()
+            copy.CopyFrom(init)
+            copy.name = f"{name}_float32"
+            for node in kept:
+                for i, input_name in enumerate(node.input):
+                    if input_name == name:
+                        node.input[i] = copy.name
+
+
 def to_fp16(model):
     """An ONNX model with its weights and arithmetic in fp16, keeping float32 inputs and outputs."""
     from onnxconverter_common import float16
 
+    unshare_kept_float_initializers(model.graph)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per weight too small for fp16: noise
-        # LayerNorm/Softmax statistics in fp16 lose too much; keep those ops in float32. Identity too: the
-        # exporter emits Identity copies of shared weights (a LayerNorm bias used twice), and a converted one
-        # would feed an fp16 tensor to a float32 LayerNormalization, which onnxruntime refuses to load.
-        return float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=["LayerNormalization", "ReduceMean", "Softmax", "Identity"]
-        )
+        return float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_KEPT_FLOAT))
 
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-weights")
@@ -74,8 +115,8 @@ def write_model_onnx(graph: torch.nn.Module, path: Path, precision: str, image_s
     if not for_openvino:
         chunk_label_queries(model.graph)
         if precision == "fp32":
-            # fp16 and 8-bit-weight graphs stay whole: onnxconverter's fp16 pass mistypes the copies (a constant
-            # several chunks read), and neither form is measured for memory at batch 8.
+            # fp16 and 8-bit-weight graphs stay whole: neither form is measured for memory at batch 8 (a chunked
+            # fp16 graph converts and validates since the fp16 pass unshares initializers, but its speed is unmeasured).
             chunk_swin_stages(model)
     if precision == "fp16":
         model = to_fp16(model)

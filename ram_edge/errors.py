@@ -43,3 +43,9 @@ class QuantizeError(RamEdgeError):
 
 class StreamError(RamEdgeError):
     """A video source cannot be opened, or a live one was lost and could not be reopened."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was sent SIGTERM: raised like Ctrl-C so that half-written outputs are removed on the way out."""
+
+    exit_code = 143  # 128 + SIGTERM, what a shell reports for a process the signal killed

@@ -118,6 +118,57 @@ def test_fp16_export_of_a_one_layer_decoder(micro_checkpoint, tmp_path):
     assert manifest["precision"] == "fp16" and manifest["validation"]["max_abs_diff"] <= manifest["validation"]["tolerance"]
 
 
+def test_fp16_export_of_equal_position_tables(tmp_path):
+    """Regression: two blocks' equal (untrained, all-zero) position-bias tables were one initializer read directly
+    and through an Identity; the fp16 pass kept it float32 yet converted the Reshape reading it."""
+    from ram_edge.config import ModelConfig
+    from ram_edge.export.writer import export_bundle
+    from ram_edge.labels import LabelSet
+    from ram_edge.models.checkpoint import save_checkpoint
+    from ram_edge.models.ram import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict({
+        "family": "ram",
+        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4},
+        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 1},
+        "num_classes": 12, "embed_dim": 32, "label_embed_dim": 16, "preprocess": {"image_size": 32},
+    })
+    model = build_model(config).eval()
+    tables = [b.attn.relative_position_bias_table for b in model.visual_encoder.layers[0].blocks]
+    assert all(not t.any() for t in tables)  # what makes the exporter share them
+    checkpoint = save_checkpoint(model, LabelSet([f"tag{i}" for i in range(12)], None, np.full(12, 0.5, np.float32)),
+                                 tmp_path / "micro", source={"kind": "test"})
+    manifest = export_bundle(checkpoint, tmp_path / "fp16", precision="fp16")
+    assert manifest["validation"]["max_abs_diff"] <= manifest["validation"]["tolerance"]
+
+
+def test_fp16_initializer_read_by_kept_and_converted_ops(tmp_path):
+    """An initializer that a float32 LayerNorm and a converted Add both read gets a float32 copy for the LayerNorm."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ram_edge.export.onnx_format import to_fp16
+
+    w = numpy_helper.from_array(np.linspace(-1, 1, 8, dtype=np.float32), "w")
+    nodes = [helper.make_node("Add", ["x", "w"], ["a"]),
+             helper.make_node("Identity", ["w"], ["w2"]),
+             helper.make_node("LayerNormalization", ["a", "w2", "w"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])], [w])
+    model = to_fp16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    assert types == {"w": TensorProto.FLOAT16, "w_float32": TensorProto.FLOAT}
+    assert not [n for n in model.graph.node if n.op_type == "Identity"]
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    a = x + np.linspace(-1, 1, 8, dtype=np.float32)
+    want = (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + 1e-5) * np.linspace(-1, 1, 8) + np.linspace(-1, 1, 8)
+    np.testing.assert_allclose(got, want, atol=2e-2)
+
+
 def test_mac_counts_cover_ram_plus_description_mixing(converted_golden):
     """RAM++ queries depend on the image: the decoder's MACs at n tags include mixing n tags' descriptions."""
     from ram_edge.benchmarks.full_size import count_macs, torch_decoder_times

@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 
 import click
 
 from .. import __version__
-from ..errors import MissingDependencyError, RamEdgeError
+from ..errors import MissingDependencyError, RamEdgeError, Terminated
 from ..extras import missing_package_message
 
 # command name -> "module:function"; modules import their heavy dependencies lazily.
@@ -69,9 +71,9 @@ class LazyGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            click.echo("terminated" if isinstance(exc, Terminated) else "interrupted", err=True)
+            ctx.exit(getattr(exc, "exit_code", 130))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,8 +82,20 @@ def cli() -> None:
     """Recognize Anything (RAM, RAM++) image tagging on edge devices."""
 
 
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated()
+
+
+def terminate_gracefully() -> None:
+    """Make SIGTERM (a service manager, a job scheduler, `kill`) unwind like Ctrl-C: temporary outputs are removed
+    and training says where to resume. Left alone where the host program already handles SIGTERM."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    terminate_gracefully()
     cli.main(args=argv, prog_name="ram-edge")
 
 

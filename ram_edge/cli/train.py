@@ -47,9 +47,9 @@ def train(config, output_dir, steps, stop_at, no_resume, as_json) -> None:
         cfg.total_steps = steps
     try:
         record = run(cfg, resume=not no_resume, stop_at=stop_at)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo(_interrupted(cfg, config, output_dir, steps), err=True)
-        sys.exit(130)
+        sys.exit(getattr(exc, "exit_code", 130))
     if as_json:
         click.echo(json.dumps(record))
     elif record:
