@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ram_edge.cpu import INT8_DOT_PRODUCT_FLAGS, cpu_flags
 from ram_edge.errors import RamEdgeError
 
 _MIB = float(1 << 20)
@@ -67,6 +68,9 @@ class BenchResult:
     machine: dict[str, Any]
     input: str
     timestamp: str
+    # OpenVINO with an INT8 bundle on a CPU: whether it compiled to int8 kernels (runtimes/openvino_runtime.py); None
+    # where the question does not arise.
+    int8_kernels: bool | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,14 +181,7 @@ def _cpu_model() -> str:
 
 def cpu_features() -> dict[str, Any]:
     """The CPU's name, cores and INT8 / BF16 instruction-set features (/proc/cpuinfo), and OpenVINO's view of them."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    flags = cpu_flags()
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     try:
         import openvino as ov
@@ -193,7 +190,7 @@ def cpu_features() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - informational only: OpenVINO absent or without a CPU plugin
         capabilities = []
     return {"model": _cpu_model(), "cores": os.cpu_count(), "features": [f for f in wanted if f in flags],
-            "vnni": any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")),
+            "vnni": any(f in flags for f in INT8_DOT_PRODUCT_FLAGS),
             "bf16": "BF16" in capabilities, "openvino_capabilities": capabilities}
 
 
@@ -363,6 +360,7 @@ def run_benchmark(
         times = _timed_runs(model, batch, iters, warmup, progress, f"bench {runtime_cls.name}")
         used_device = model.device
         used_precision = model.compute_precision
+        int8_kernels = getattr(model, "int8_kernels", None)
     finally:
         model.close()
 
@@ -395,6 +393,7 @@ def run_benchmark(
         machine=_machine(runtime_cls),
         input="random" if images_dir is None else str(images_dir),
         timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        int8_kernels=int8_kernels,
     )
 
 

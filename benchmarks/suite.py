@@ -414,7 +414,8 @@ class Suite:
                    peak_rss_mb=float(max(r["peak_rss_mb"] for r in runs)),
                    rss_after_load_mb=runs[-1].get("rss_after_load_mb"), size_mb=runs[-1]["model_size_mb"],
                    load_s=float(np.median([r["load_time_s"] for r in runs])), device=runs[-1]["device"],
-                   compute_precision=runs[-1]["compute_precision"], num_tags=runs[-1]["num_tags"])
+                   compute_precision="int8" if runs[-1].get("int8_kernels") else runs[-1]["compute_precision"],
+                   num_tags=runs[-1]["num_tags"])
         if self.config.roofline:
             try:
                 macs = self.mac_counts(self.models[cell.model])

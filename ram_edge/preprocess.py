@@ -16,7 +16,6 @@ Differences from the official code, all in :func:`load_image`:
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Iterable, Union
 

@@ -202,6 +202,65 @@ def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_ch
         assert {k for k in kernels if k[0] in ("FullyConnected", "MatMul", "Convolution") and k[1] in ("u8", "i8")}, kernels
 
 
+def test_openvino_int8_kernels_follow_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp_path, monkeypatch):
+    """Without VNNI / AMX an INT8 IR runs float kernels on its 8-bit weights (OpenVINO's low-precision transformations
+    off); the answers stay those of the quantized model either way."""
+    pytest.importorskip("openvino")
+    from ram_edge import Tagger
+    from ram_edge.errors import ConfigError
+    from ram_edge.export.validate import TOLERANCES
+    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.runtimes import openvino_runtime
+
+    bundle = tmp_path / "int8-ov"
+    assert _run("export", ptq_checkpoint, "-o", bundle, "--format", "openvino").exit_code == 0
+    batch = _batch(micro)
+    with torch.no_grad():
+        expected = load_quantized(ptq_checkpoint)[0](torch.from_numpy(batch)).numpy()
+
+    def int8_kernels_used(tagger) -> bool:
+        tagger.predict(batch[:1])  # compiles
+        runtime_model = tagger.runtime._compiled.get_runtime_model()
+        # The kernel's name ends in what it computes in ("brgemm_avx512_I8", "..._f32"); runtimePrecision names the
+        # weights' type, i8 for the compressed float kernels too.
+        return any(str(op.get_rt_info()["primitiveType"].astype(str)).lower().endswith("_i8")
+                   and str(op.get_rt_info()["layerType"].astype(str)) in ("FullyConnected", "MatMul", "Convolution")
+                   for op in runtime_model.get_ordered_ops())
+
+    for setting, cpu_has_vnni, wanted in (("on", False, True), ("off", True, False), ("auto", True, True),
+                                           ("auto", False, False), ("auto", None, True)):
+        monkeypatch.setenv(openvino_runtime.INT8_KERNELS_ENV, setting)
+        monkeypatch.setattr(openvino_runtime, "x86_int8_dot_product", lambda: cpu_has_vnni)
+        tagger = Tagger.load(bundle, runtime="openvino")
+        assert tagger.runtime.int8_kernels is wanted
+        assert int8_kernels_used(tagger) is wanted, (setting, cpu_has_vnni)
+        assert np.abs(tagger.predict(batch) - expected).max() <= TOLERANCES["int8"]
+    monkeypatch.setenv(openvino_runtime.INT8_KERNELS_ENV, "sometimes")
+    with pytest.raises(ConfigError, match="RAM_EDGE_OV_INT8_KERNELS='sometimes' is not valid"):
+        Tagger.load(bundle, runtime="openvino")
+    monkeypatch.setenv(openvino_runtime.INT8_KERNELS_ENV, "off")
+    assert Tagger.load(micro["checkpoint"], runtime="torch").runtime is not None  # float models: no question asked
+
+
+def test_ov_int8_kernels_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from ram_edge.benchmarks.ov_int8_kernels import main
+
+    for source, name in ((micro["checkpoint"], "fp32"), (ptq_checkpoint, "int8")):
+        assert _run("export", source, "-o", tmp_path / name, "--format", "openvino").exit_code == 0
+    report = tmp_path / "r" / "ov.md"
+    main(["--fp32", str(tmp_path / "fp32"), "--int8", str(tmp_path / "int8"), "--rounds", "2", "--iters", "2",
+          "--warmup", "0", "--threads", "1", "--report", str(report)])
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["cells"]) == {"fp32/auto", "int8/on", "int8/off"}
+    assert all(len(c["ms"]) == 2 and c["median_ms"] > 0 for c in result["cells"].values())
+    assert result["cells"]["fp32/auto"]["speedup_vs_fp32"] == 1.0
+    text = report.read_text()
+    assert "| int8 | off |" in text and "| fp32 | – |" in text and "--report" in text
+    assert json.loads(report.with_suffix(".json").read_text())["rounds"] == 2
+    assert sorted(p.name for p in report.parent.iterdir()) == ["ov.json", "ov.md"]  # no temporary file left
+
+
 def test_int8_export_errors(micro, ptq_checkpoint, tmp_path):
     cases = [
         ((micro["checkpoint"], "--precision", "int8"), "needs a quantized checkpoint"),

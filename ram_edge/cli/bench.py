@@ -14,13 +14,17 @@ def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} MB"
 
 
+_INT8_KERNELS = {None: "", True: " with int8 kernels", False: " (int8 kernels off)"}
+
+
 def _human(r) -> list[str]:
     """The result as aligned `label  value` lines."""
     b, i = r.latency_batch_ms, r.latency_image_ms
     threads = r.threads if r.threads is not None else "default"
     rows = [
         ("model", f"{r.model} ({r.family}, {r.format}, {r.precision} stored, {r.num_tags} tags at {r.image_size}px)"),
-        ("runtime", f"{r.runtime} on {r.device} computing in {r.compute_precision}, threads {threads}; batch {r.batch_size}, "
+        ("runtime", f"{r.runtime} on {r.device} computing in {r.compute_precision}{_INT8_KERNELS[r.int8_kernels]}, "
+                    f"threads {threads}; batch {r.batch_size}, "
                     f"{r.iters} timed after {r.warmup} warm-up, {r.input} input"),
         ("load", f"{r.load_time_s:.2f} s (first run {r.first_run_ms:.1f} ms, not counted below)"),
         ("per batch", f"p50 {b['p50']:.2f} ms   p90 {b['p90']:.2f} ms   p99 {b['p99']:.2f} ms   "
