@@ -53,6 +53,20 @@ def test_sigterm_removes_the_half_written_output_and_exits_143(tmp_path):
     assert not tmp.exists() and not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_forked_pool_workers_still_die_quietly_when_their_pool_stops_them():
+    """multiprocessing pools stop their workers with SIGTERM; the workers inherit the handler but must not raise."""
+    code = textwrap.dedent("""
+        import multiprocessing
+        from ram_edge.cli.main import terminate_gracefully
+        terminate_gracefully()
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            print(sum(pool.imap(abs, range(-50, 50))))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2500", proc.stderr
+    assert "Traceback" not in proc.stderr and "Terminated" not in proc.stderr, proc.stderr
+
+
 def test_a_host_programs_own_sigterm_handler_is_kept():
     def host_handler(signum, frame):  # pragma: no cover - never called
         pass
