@@ -37,3 +37,10 @@ def x86_int8_dot_product(flags: frozenset[str] | None = None, machine: str | Non
     if machine not in X86_MACHINES or not flags:
         return None
     return any(f in flags for f in INT8_DOT_PRODUCT_FLAGS)
+
+
+def x86_avx2_only(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
+    """True on an x86 CPU known to lack VNNI, AMX and AVX-512 (AMD Zen 3 and older, Intel client CPUs before Ice Lake):
+    its int8 kernels have AVX2's 16-bit multiply-adds only. False where any of them is present or the flags are unknown."""
+    flags = cpu_flags() if flags is None else flags
+    return x86_int8_dot_product(flags, machine) is False and "avx512bw" not in flags
