@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -29,12 +31,56 @@ def _umask() -> int:
 
 
 
+def _owner() -> str:
+    """This process as it appears in the names of its temporary outputs: host and pid."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or a platform that cannot tell: assume alive
+    return True
+
+
+def remove_stale_partials(path: str | Path) -> list[Path]:
+    """Remove what killed runs (SIGKILL, the OOM killer, a power cut) left beside `path`: temporary outputs of processes
+    on this host that no longer run. A replaced output parked in `.old` while its successor was moved in is put back
+    when the successor never arrived. Returns what was removed or restored."""
+    path = Path(path)
+    host = _owner().rsplit("-", 1)[0]
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\.[^/]*\.(tmp|old)$")
+    cleaned: list[Path] = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return cleaned
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if not match or _pid_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if match.group(2) == "old" and (entry / "x").exists() and not os.path.lexists(path):
+                os.replace(entry / "x", path)  # the previous output, never replaced: keep it
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            cleaned.append(entry)
+    return cleaned
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     """Open a temporary file beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -63,13 +109,14 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         # mkdtemp creates 0700; give the result the permissions a plain mkdir would.
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
