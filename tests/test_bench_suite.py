@@ -16,23 +16,28 @@ pytest.importorskip("onnxruntime")
 from ram_edge.cli.main import cli  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def micro_checkpoint(tmp_path_factory) -> Path:
+def _micro_model(depths: list[int]):
+    """A random-weight micro RAM (32 px, window 4, a one-layer decoder, 12 tags) and its label set."""
     from ram_edge.config import ModelConfig
     from ram_edge.labels import LabelSet
-    from ram_edge.models.checkpoint import save_checkpoint
     from ram_edge.models.ram import build_model
 
     torch.manual_seed(0)
     config = ModelConfig.from_dict({
         "family": "ram",
-        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
+        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": depths, "num_heads": [1, 2], "window_size": 4},
         "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 1},
         "num_classes": 12, "embed_dim": 32, "label_embed_dim": 16, "preprocess": {"image_size": 32},
     })
-    tags = [f"tag{i}" for i in range(12)]
-    return save_checkpoint(build_model(config).eval(), LabelSet(tags, None, np.full(12, 0.5, np.float32)),
-                           tmp_path_factory.mktemp("suite") / "micro", source={"kind": "test"})
+    return build_model(config).eval(), LabelSet([f"tag{i}" for i in range(12)], None, np.full(12, 0.5, np.float32))
+
+
+@pytest.fixture(scope="module")
+def micro_checkpoint(tmp_path_factory) -> Path:
+    from ram_edge.models.checkpoint import save_checkpoint
+
+    model, labels = _micro_model([1, 1])
+    return save_checkpoint(model, labels, tmp_path_factory.mktemp("suite") / "micro", source={"kind": "test"})
 
 
 def _suite(tmp_path: Path, checkpoint: Path, **fields) -> Path:
@@ -121,24 +126,13 @@ def test_fp16_export_of_a_one_layer_decoder(micro_checkpoint, tmp_path):
 def test_fp16_export_of_equal_position_tables(tmp_path):
     """Regression: two blocks' equal (untrained, all-zero) position-bias tables were one initializer read directly
     and through an Identity; the fp16 pass kept it float32 yet converted the Reshape reading it."""
-    from ram_edge.config import ModelConfig
     from ram_edge.export.writer import export_bundle
-    from ram_edge.labels import LabelSet
     from ram_edge.models.checkpoint import save_checkpoint
-    from ram_edge.models.ram import build_model
 
-    torch.manual_seed(0)
-    config = ModelConfig.from_dict({
-        "family": "ram",
-        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4},
-        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 1},
-        "num_classes": 12, "embed_dim": 32, "label_embed_dim": 16, "preprocess": {"image_size": 32},
-    })
-    model = build_model(config).eval()
+    model, labels = _micro_model([2, 2])
     tables = [b.attn.relative_position_bias_table for b in model.visual_encoder.layers[0].blocks]
     assert all(not t.any() for t in tables)  # what makes the exporter share them
-    checkpoint = save_checkpoint(model, LabelSet([f"tag{i}" for i in range(12)], None, np.full(12, 0.5, np.float32)),
-                                 tmp_path / "micro", source={"kind": "test"})
+    checkpoint = save_checkpoint(model, labels, tmp_path / "micro", source={"kind": "test"})
     manifest = export_bundle(checkpoint, tmp_path / "fp16", precision="fp16")
     assert manifest["validation"]["max_abs_diff"] <= manifest["validation"]["tolerance"]
 
