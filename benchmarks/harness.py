@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ram_edge.cpu import INT8_DOT_PRODUCT_FLAGS, cpu_flags
+from ram_edge.cpu import cpu_flags, x86_int8_dot_product
 from ram_edge.errors import RamEdgeError
 
 _MIB = float(1 << 20)
@@ -190,7 +190,7 @@ def cpu_features() -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - informational only: OpenVINO absent or without a CPU plugin
         capabilities = []
     return {"model": _cpu_model(), "cores": os.cpu_count(), "features": [f for f in wanted if f in flags],
-            "vnni": any(f in flags for f in INT8_DOT_PRODUCT_FLAGS),
+            "vnni": x86_int8_dot_product(flags) is True,
             "bf16": "BF16" in capabilities, "openvino_capabilities": capabilities}
 
 
@@ -212,8 +212,9 @@ class CliFailed(RamEdgeError):
     """A `ram-edge` command run by a benchmark script exited with an error."""
 
 
-def run_cli(*args: Any, capture: bool = False, log_file: str | Path | None = None) -> str:
-    """Run `ram-edge ARGS` in a fresh interpreter, announced on stderr first; its stdout when `capture`.
+def run_cli(*args: Any, capture: bool = False, log_file: str | Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run `ram-edge ARGS` in a fresh interpreter (with `env` added to the environment), announced on stderr first;
+    its stdout when `capture`.
 
     Output goes to the terminal, is appended to `log_file`, or (`capture`) is returned (stdout) and kept for
     the error (stderr). A non-zero exit raises CliFailed naming the command and its last error line.
@@ -221,14 +222,15 @@ def run_cli(*args: Any, capture: bool = False, log_file: str | Path | None = Non
     import subprocess
 
     words = [str(a) for a in args]
-    log("ram-edge " + " ".join(words))
+    log(" ".join([*(f"{k}={v}" for k, v in (env or {}).items()), "ram-edge", *words]))
     command = [sys.executable, "-m", "ram_edge.cli.main", *words]
+    environment = {**os.environ, **env} if env else None
     if log_file is not None:
         with open(log_file, "a", encoding="utf-8") as fh:
-            proc = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, text=True, env=environment)
     else:
         pipe = subprocess.PIPE if capture else None
-        proc = subprocess.run(command, stdout=pipe, stderr=pipe, text=True)
+        proc = subprocess.run(command, stdout=pipe, stderr=pipe, text=True, env=environment)
     if proc.returncode:
         last = ((proc.stderr or "").strip().splitlines() or [f"exit code {proc.returncode}"])[-1].removeprefix("error: ")
         where = f" (see {log_file})" if log_file is not None else ""
@@ -360,7 +362,7 @@ def run_benchmark(
         times = _timed_runs(model, batch, iters, warmup, progress, f"bench {runtime_cls.name}")
         used_device = model.device
         used_precision = model.compute_precision
-        int8_kernels = getattr(model, "int8_kernels", None)
+        int8_kernels = model.int8_kernels
     finally:
         model.close()
 

@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 from ram_edge.errors import RamEdgeError
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features, log, relative_to_cwd
+from .harness import cpu_features, log, relative_to_cwd, run_cli
 
 CELLS = (("fp32", "auto"), ("int8", "on"), ("int8", "off"))
 
@@ -33,14 +32,9 @@ def bench_cell(bundle: Path, kernels: str, batch: int, iters: int, warmup: int, 
     """One `ram-edge bench --json` run of `bundle` on OpenVINO in a fresh process with the int8-kernel setting."""
     from ram_edge.runtimes.openvino_runtime import INT8_KERNELS_ENV
 
-    command = [sys.executable, "-m", "ram_edge.cli.main", "bench", str(bundle), "--runtime", "openvino", "--batch-size",
-               str(batch), "--iters", str(iters), "--warmup", str(warmup), "--threads", str(threads), "--json"]
-    env = {**os.environ, INT8_KERNELS_ENV: kernels}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise RamEdgeError(f"ram-edge bench {bundle} ({INT8_KERNELS_ENV}={kernels}) failed: {last}")
-    return json.loads(proc.stdout)
+    out = run_cli("bench", bundle, "--runtime", "openvino", "--batch-size", batch, "--iters", iters, "--warmup", warmup,
+                  "--threads", threads, "--json", capture=True, env={INT8_KERNELS_ENV: kernels})
+    return json.loads(out)
 
 
 def run(fp32: Path, int8: Path, rounds: int, batch: int, iters: int, warmup: int, threads: int) -> dict:

@@ -31,10 +31,14 @@ def _umask() -> int:
 
 
 
+def _host() -> str:
+    """This machine's short name as it appears in the names of temporary outputs."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
+
+
 def _owner() -> str:
     """This process as it appears in the names of its temporary outputs: host and pid."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0]) or "host"
-    return f"{host}-{os.getpid()}"
+    return f"{_host()}-{os.getpid()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -52,8 +56,7 @@ def remove_stale_partials(path: str | Path) -> list[Path]:
     on this host that no longer run. A replaced output parked in `.old` while its successor was moved in is put back
     when the successor never arrived. Returns what was removed or restored."""
     path = Path(path)
-    host = _owner().rsplit("-", 1)[0]
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\.[^/]*\.(tmp|old)$")
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_host())}-(\d+)\.[^/]*\.(tmp|old)$")
     cleaned: list[Path] = []
     try:
         entries = list(path.parent.iterdir())

@@ -38,6 +38,8 @@ class Runtime(abc.ABC):
     formats: ClassVar[tuple[str, ...]]
     #: Whether concurrent `run` calls on one instance are safe without a lock.
     thread_safe: ClassVar[bool] = False
+    #: Whether an INT8 bundle runs on int8 kernels where the backend chooses (OpenVINO on a CPU); None elsewhere.
+    int8_kernels: bool | None = None
 
     @classmethod
     @abc.abstractmethod

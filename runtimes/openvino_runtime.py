@@ -27,10 +27,10 @@ INT8_KERNELS_ENV = "RAM_EDGE_OV_INT8_KERNELS"
 INT8_KERNELS = ("auto", "on", "off")
 
 
-def int8_kernels_wanted(setting: str | None = None) -> bool:
-    """Whether an INT8 bundle should compile to int8 kernels on this CPU: `setting` (default: $RAM_EDGE_OV_INT8_KERNELS,
-    else auto) on / off, or auto: everywhere but on x86 CPUs known to have AVX2 only (no VNNI, AMX or AVX-512)."""
-    value = (setting if setting is not None else os.environ.get(INT8_KERNELS_ENV, "auto")).strip().lower()
+def int8_kernels_wanted() -> bool:
+    """Whether an INT8 bundle should compile to int8 kernels on this CPU: $RAM_EDGE_OV_INT8_KERNELS on / off, or auto
+    (the default): everywhere but on x86 CPUs known to have AVX2 only (no VNNI, AMX or AVX-512)."""
+    value = os.environ.get(INT8_KERNELS_ENV, "auto").strip().lower()
     if value not in INT8_KERNELS:
         raise ConfigError(f"{INT8_KERNELS_ENV}={value!r} is not valid; use one of {', '.join(INT8_KERNELS)} (auto: int8 "
                           f"kernels unless the CPU has AVX2 only, without VNNI, AMX or AVX-512)")
@@ -95,8 +95,6 @@ class OpenVINORuntime(Runtime):
                 )
         if precision is not None:
             self._config["INFERENCE_PRECISION_HINT"] = OV_HINTS[precision]
-        # None where the question does not arise (a float bundle, or not the CPU plugin).
-        self.int8_kernels: bool | None = None
         if device.startswith("CPU") and self.bundle.precision == "int8":
             self.int8_kernels = int8_kernels_wanted()
             if not self.int8_kernels:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ram_edge.fileio import _owner, atomic_dir, atomic_file, remove_stale_partials
+from ram_edge.fileio import _host, _owner, atomic_dir, atomic_file, remove_stale_partials
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -83,7 +83,7 @@ def test_a_previous_output_parked_by_a_killed_replace_is_restored(tmp_path):
     out = tmp_path / "bundle"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    parked = tmp_path / f".bundle.{_owner().rsplit('-', 1)[0]}-{pid}.q1w2e3.old"
+    parked = tmp_path / f".bundle.{_host()}-{pid}.q1w2e3.old"
     (parked / "x").mkdir(parents=True)
     (parked / "x" / "model.onnx").write_bytes(b"previous")
     assert remove_stale_partials(out) == [parked]

@@ -82,11 +82,11 @@ def cli() -> None:
     """Recognize Anything (RAM, RAM++) image tagging on edge devices."""
 
 
-_HANDLER_PID: list[int] = []  # the process that installed the handler
+_handler_pid: int | None = None  # the process that installed the handler
 
 
 def _raise_terminated(signum, _frame) -> None:
-    if os.getpid() not in _HANDLER_PID:
+    if os.getpid() != _handler_pid:
         # A forked worker (a multiprocessing pool's, a DataLoader's) inherits the handler; pools stop their workers
         # with SIGTERM, and those should die quietly as they did before.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -98,8 +98,9 @@ def _raise_terminated(signum, _frame) -> None:
 def terminate_gracefully() -> None:
     """Make SIGTERM (a service manager, a job scheduler, `kill`) unwind like Ctrl-C: temporary outputs are removed
     and training says where to resume. Left alone where the host program already handles SIGTERM."""
+    global _handler_pid
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        _HANDLER_PID[:] = [os.getpid()]
+        _handler_pid = os.getpid()
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
