@@ -71,6 +71,9 @@ class BenchResult:
     # OpenVINO with an INT8 bundle on a CPU: whether it compiled to int8 kernels (runtimes/openvino_runtime.py); None
     # where the question does not arise.
     int8_kernels: bool | None = None
+    # onnxruntime with an INT8 bundle on a CPU: whether its int8 products ran on the U8U8 kernels (exact without VNNI)
+    # rather than U8S8 (runtimes/ort_runtime.py); None where the question does not arise.
+    int8_u8u8: bool | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +366,7 @@ def run_benchmark(
         used_device = model.device
         used_precision = model.compute_precision
         int8_kernels = model.int8_kernels
+        int8_u8u8 = model.int8_u8u8
     finally:
         model.close()
 
@@ -396,6 +400,7 @@ def run_benchmark(
         input="random" if images_dir is None else str(images_dir),
         timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         int8_kernels=int8_kernels,
+        int8_u8u8=int8_u8u8,
     )
 
 

@@ -137,6 +137,16 @@ def plan(config: SuiteConfig) -> list[Cell]:
     return cells
 
 
+
+def _compute(run: dict[str, Any]) -> str:
+    """What a cell computed in: OpenVINO INT8 on int8 kernels reads int8 (its precision hint says fp32), onnxruntime
+    INT8 on its exact U8U8 kernels int8 U8U8 (CPUs without VNNI)."""
+    if run.get("int8_kernels"):
+        return "int8"
+    if run.get("int8_u8u8"):
+        return "int8 U8U8"
+    return run["compute_precision"]
+
 class Suite:
     """Runs one suite: prepare artifacts, time cells, measure accuracy and cold start, write the report."""
 
@@ -414,7 +424,7 @@ class Suite:
                    peak_rss_mb=float(max(r["peak_rss_mb"] for r in runs)),
                    rss_after_load_mb=runs[-1].get("rss_after_load_mb"), size_mb=runs[-1]["model_size_mb"],
                    load_s=float(np.median([r["load_time_s"] for r in runs])), device=runs[-1]["device"],
-                   compute_precision="int8" if runs[-1].get("int8_kernels") else runs[-1]["compute_precision"],
+                   compute_precision=_compute(runs[-1]),
                    num_tags=runs[-1]["num_tags"])
         if self.config.roofline:
             try:

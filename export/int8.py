@@ -53,8 +53,51 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
         chunk_swin_stages(model)
     quantize_matmul_constants(model.graph, chunk_elements=0 if for_openvino else DEQUANTIZE_CHUNK_ELEMENTS)
     store_constants_fp16(model.graph)
+    unshare_weight_quantization(model.graph)
     save_onnx(model, path)
     return folded
+
+
+def unshare_weight_quantization(graph) -> int:
+    """Give every DequantizeLinear of an int8 initializer (a weight) its own weight and zero point, read directly
+    rather than through an Identity, in place; returns how many initializers were copied.
+
+    The exporter deduplicates equal constants (the all-zero zero points of every per-channel weight become one
+    initializer read through Identity nodes). onnxruntime's precise mode for CPUs without VNNI
+    (`session.x64quantprecision`, runtimes/ort_runtime.py) rewrites each int8 weight and its zero point to uint8 under a
+    name derived from the original, and fails the whole session ("Attempt to replace the existing tensor") when a
+    second reader of the same initializer asks for the same rewrite.
+    """
+    from .onnx_graph import remove_nodes
+
+    initializers = {init.name: init for init in graph.initializer}
+    source = {}
+    for node in graph.node:  # topological: an Identity of an Identity of an initializer resolves too
+        if node.op_type == "Identity" and source.get(node.input[0], node.input[0]) in initializers:
+            source[node.output[0]] = source.get(node.input[0], node.input[0])
+    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"
+                  and initializers.get(source.get(n.input[0], n.input[0])) is not None
+                  and initializers[source.get(n.input[0], n.input[0])].data_type in (2, 3)]  # uint8, int8
+    seen: set[str] = set()
+    copied = 0
+    for node in dequantize:
+        for slot in (0, 2):
+            if len(node.input) <= slot or not node.input[slot]:
+                continue
+            name = source.get(node.input[slot], node.input[slot])
+            if name not in initializers:
+                continue
+            if name in seen:
+                copy = graph.initializer.add()
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}__{node.name or copied}"
+                name = copy.name
+                copied += 1
+            seen.add(name)
+            node.input[slot] = name
+    # Identity nodes of the weights and zero points that nothing reads any more go.
+    remove_nodes(graph, set())
+    return copied
 
 
 # Float constants at least this large that are neither weights nor MatMul operands beside a quantized

@@ -40,6 +40,9 @@ class Runtime(abc.ABC):
     thread_safe: ClassVar[bool] = False
     #: Whether an INT8 bundle runs on int8 kernels where the backend chooses (OpenVINO on a CPU); None elsewhere.
     int8_kernels: bool | None = None
+    #: onnxruntime with an INT8 bundle on a CPU: whether its int8 products run on the U8U8 kernels (exact without VNNI)
+    #: rather than U8S8 (faster, but its 16-bit intermediate sums saturate without VNNI); None elsewhere.
+    int8_u8u8: bool | None = None
 
     @classmethod
     @abc.abstractmethod

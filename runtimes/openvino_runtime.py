@@ -146,6 +146,21 @@ class OpenVINORuntime(Runtime):
         hint = value.get_type_name() if hasattr(value, "get_type_name") else str(value).lower()
         return _FROM_OV.get(hint, hint)
 
+    def matmul_kernels(self) -> dict[str, int]:
+        """The compiled model's matrix-product layers (compiles on first call): "layer kernel weights" -> count,
+        e.g. "FullyConnected jit_gemm_i8 i8". The kernel's name ends in what it computes in (`brgemm_avx512_I8`,
+        `brgemm_avx2_f32`); the last word is the weights' type, i8 for the weights-compressed float kernels too."""
+        if self._compiled is None:
+            self._compile()
+        counts: dict[str, int] = {}
+        for op in self._compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            layer = str(info["layerType"].astype(str))
+            if layer in ("FullyConnected", "MatMul", "Convolution"):
+                key = f"{layer} {info['primitiveType'].astype(str)} {info['runtimePrecision'].astype(str)}"
+                counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) for a preprocessed batch."""
         if self._compiled is None:

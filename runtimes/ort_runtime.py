@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from ram_edge.bundle import read_bundle
-from ram_edge.errors import BundleError, RuntimeUnavailableError
+from ram_edge.cpu import x86_int8_dot_product
+from ram_edge.errors import BundleError, ConfigError, RuntimeUnavailableError
 
 from .base import Runtime, normalize_compute_precision
 from .heap import release_free_heap
@@ -21,6 +24,25 @@ DEVICE_PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+# Whether an INT8 bundle's int8 products run on onnxruntime's U8U8 kernels on the CPU: auto (on x86 CPUs without
+# VNNI or AMX), on, off.
+INT8_U8U8_ENV = "RAM_EDGE_ORT_INT8_U8U8"
+INT8_U8U8 = ("auto", "on", "off")
+# What onnxruntime says when a bundle written before ram-edge unshared its weights' zero points meets the U8U8 rewrite.
+_SHARED_ZERO_POINT = "Attempt to replace the existing tensor"
+
+
+def int8_u8u8_wanted() -> bool:
+    """Whether onnxruntime should compute an INT8 bundle with U8U8 kernels: $RAM_EDGE_ORT_INT8_U8U8 on / off, or auto
+    (the default): on x86 CPUs known to lack VNNI and AMX."""
+    value = os.environ.get(INT8_U8U8_ENV, "auto").strip().lower()
+    if value not in INT8_U8U8:
+        raise ConfigError(f"{INT8_U8U8_ENV}={value!r} is not valid; use one of {', '.join(INT8_U8U8)} (auto: U8U8 on x86 "
+                          f"CPUs without VNNI or AMX, where the faster U8S8 kernels can saturate)")
+    if value == "auto":
+        return x86_int8_dot_product() is False
+    return value == "on"
 
 
 def session_options(threads: int | None = None):
@@ -86,18 +108,11 @@ class OrtRuntime(Runtime):
                 f"device {device!r} needs {DEVICE_PROVIDERS[device]}, which this onnxruntime does not have; "
                 f"available devices: {', '.join(available)} (providers: {', '.join(ort.get_available_providers())})"
             )
-        options = session_options(threads)
-        if (self.bundle.manifest.get("quantization") or {}).get("method") == "weights":
-            # 8-bit weights, float activations: without this, onnxruntime keeps every DequantizeLinear of a weight
-            # for QDQ fusion that never comes and runs the convolutions without their packed kernels (default
-            # model: 38 against 18.6 ms/image for fp32); with it the weights are dequantized once, at load.
-            options.add_session_config_entry("session.disable_quant_qdq", "1")
+        weights_only = (self.bundle.manifest.get("quantization") or {}).get("method") == "weights"
+        if device == "cpu" and graph_precision == "int8" and not weights_only:
+            self.int8_u8u8 = int8_u8u8_wanted()
         providers = [DEVICE_PROVIDERS[device]] + (["CPUExecutionProvider"] if device != "cpu" else [])
-        try:
-            self.session = ort.InferenceSession(str(self.bundle.file("model")), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph, ...)
-            raise BundleError(f"{self.bundle.file('model')}: onnxruntime cannot load the model "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); re-export the bundle") from None
+        self.session = self._session(ort, threads, weights_only, providers)
         # The parsed model and the copies made while loading are freed now; give their pages back.
         release_free_heap()
         used = self.session.get_providers()
@@ -108,6 +123,36 @@ class OrtRuntime(Runtime):
         self._device = device
         self._input = self.bundle.input_name
         self._output = self.bundle.output_name
+
+    def _session(self, ort, threads: int | None, weights_only: bool, providers: list[str]):
+        """The InferenceSession; an INT8 bundle whose weights share zero points (exported before ram-edge unshared
+        them) cannot take the U8U8 rewrite and loads with the U8S8 kernels, with a warning."""
+        model = str(self.bundle.file("model"))
+        options = session_options(threads)
+        if weights_only:
+            # 8-bit weights, float activations: without this, onnxruntime keeps every DequantizeLinear of a weight
+            # for QDQ fusion that never comes and runs the convolutions without their packed kernels (default
+            # model: 38 against 18.6 ms/image for fp32); with it the weights are dequantized once, at load.
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+        if self.int8_u8u8:
+            # Without VNNI, onnxruntime's U8S8 kernels multiply-add pairs of u8 x s8 products into 16 bits
+            # (vpmaddubsw), which saturates: on an emulated Zen 3 the default model's probabilities moved by up to
+            # 0.033 from the exact int32 products a VNNI CPU computes (benchmarks/emulated_cpus.md), and the AVX2
+            # retention table's tag-set agreement with fp32 was 0.983 against 0.990 with VNNI. The U8U8 kernels
+            # (weights shifted to uint8 at load) are exact there: within 1.2e-4 of the VNNI answers.
+            options.add_session_config_entry("session.x64quantprecision", "1")
+            options.log_severity_level = 4  # an old bundle's refusal below is handled, not an error to print
+        try:
+            return ort.InferenceSession(model, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, InvalidGraph, ...)
+            if not (self.int8_u8u8 and _SHARED_ZERO_POINT in str(exc)):
+                raise BundleError(f"{model}: onnxruntime cannot load the model ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:300]}); re-export the bundle") from None
+        warnings.warn(f"{model}: this INT8 bundle cannot use onnxruntime's exact U8U8 kernels (its weights share zero "
+                      f"points), so on CPUs without VNNI its int8 products may saturate. Re-export it with this "
+                      f"version of ram-edge to fix that", RuntimeWarning, stacklevel=3)
+        self.int8_u8u8 = False
+        return self._session(ort, threads, weights_only, providers)
 
     @property
     def device(self) -> str:

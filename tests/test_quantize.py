@@ -242,6 +242,78 @@ def test_openvino_int8_kernels_follow_the_cpu_or_the_setting(micro, ptq_checkpoi
     assert Tagger.load(micro["checkpoint"], runtime="torch").runtime is not None  # float models: no question asked
 
 
+def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp_path, monkeypatch):
+    """Without VNNI onnxruntime's U8S8 kernels saturate 16-bit pair sums; ram-edge asks for its exact U8U8 kernels
+    there. That rewrite needs every int8 weight to read its own zero point (the export unshares them); an older bundle
+    whose weights share one loads with the U8S8 kernels and a warning instead of failing."""
+    import shutil
+    import warnings
+
+    import onnx
+    from onnx import numpy_helper
+
+    from ram_edge import Tagger
+    from ram_edge.bundle import read_bundle, write_manifest
+    from ram_edge.errors import ConfigError
+    from ram_edge.export.int8 import unshare_weight_quantization
+    from ram_edge.export.validate import TOLERANCES
+    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.runtimes import ort_runtime
+
+    bundle = tmp_path / "int8-onnx"
+    assert _run("export", ptq_checkpoint, "-o", bundle, "--format", "onnx").exit_code == 0
+    model = onnx.load(str(bundle / "model.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(weights) >= 5 and all(n.input[2] in inits for n in weights)
+    for slot in (0, 2):
+        names = [n.input[slot] for n in weights]
+        assert len(set(names)) == len(names), f"weights share input {slot}"
+    batch = _batch(micro)
+    with torch.no_grad():
+        expected = load_quantized(ptq_checkpoint)[0](torch.from_numpy(batch)).numpy()
+
+    def session_u8u8(tagger) -> str:
+        options = tagger.runtime.session.get_session_options()
+        return options.get_session_config_entry("session.x64quantprecision") if tagger.runtime.int8_u8u8 else "0"
+
+    for setting, dot_product, wanted in (("on", True, True), ("off", False, False), ("auto", False, True),
+                                         ("auto", True, False), ("auto", None, False)):
+        monkeypatch.setenv(ort_runtime.INT8_U8U8_ENV, setting)
+        monkeypatch.setattr(ort_runtime, "x86_int8_dot_product", lambda: dot_product)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tagger = Tagger.load(bundle, runtime="ort")
+        assert tagger.runtime.int8_u8u8 is wanted and session_u8u8(tagger) == ("1" if wanted else "0"), setting
+        assert np.abs(tagger.predict(batch) - expected).max() <= TOLERANCES["int8"]
+    monkeypatch.setenv(ort_runtime.INT8_U8U8_ENV, "sometimes")
+    with pytest.raises(ConfigError, match="RAM_EDGE_ORT_INT8_U8U8='sometimes' is not valid"):
+        Tagger.load(bundle, runtime="ort")
+
+    # An older export: weights with equal zero points read one initializer.
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    by_shape: dict = {}
+    for node in weights:
+        by_shape.setdefault(numpy_helper.to_array(inits[node.input[2]]).tobytes() + bytes(str(inits[node.input[2]].dims), "ascii"), []).append(node)
+    shared = next(nodes for nodes in by_shape.values() if len(nodes) > 1)
+    for node in shared[1:]:
+        node.input[2] = shared[0].input[2]
+    onnx.save(model, str(old / "model.onnx"))
+    write_manifest(old, read_bundle(old, verify=False).manifest)
+    monkeypatch.setenv(ort_runtime.INT8_U8U8_ENV, "on")
+    with pytest.warns(RuntimeWarning, match="share zero points"):
+        tagger = Tagger.load(old, runtime="ort")
+    assert tagger.runtime.int8_u8u8 is False
+    assert np.abs(tagger.predict(batch) - expected).max() <= TOLERANCES["int8"]
+    assert unshare_weight_quantization(model.graph) == len(shared) - 1
+    onnx.save(model, str(old / "model.onnx"))
+    write_manifest(old, read_bundle(old, verify=False).manifest)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Tagger.load(old, runtime="ort").runtime.int8_u8u8 is True
+
+
 def test_ov_int8_kernels_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_path, capsys):
     pytest.importorskip("openvino")
     from ram_edge.benchmarks.ov_int8_kernels import main

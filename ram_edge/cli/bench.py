@@ -15,6 +15,7 @@ def _mb(value: float | None) -> str:
 
 
 _INT8_KERNELS = {None: "", True: " with int8 kernels", False: " (int8 kernels off)"}
+_INT8_U8U8 = {None: "", True: " on U8U8 kernels", False: " on U8S8 kernels"}
 
 
 def _human(r) -> list[str]:
@@ -23,7 +24,8 @@ def _human(r) -> list[str]:
     threads = r.threads if r.threads is not None else "default"
     rows = [
         ("model", f"{r.model} ({r.family}, {r.format}, {r.precision} stored, {r.num_tags} tags at {r.image_size}px)"),
-        ("runtime", f"{r.runtime} on {r.device} computing in {r.compute_precision}{_INT8_KERNELS[r.int8_kernels]}, "
+        ("runtime", f"{r.runtime} on {r.device} computing in {r.compute_precision}{_INT8_KERNELS[r.int8_kernels]}"
+                    f"{_INT8_U8U8[r.int8_u8u8]}, "
                     f"threads {threads}; batch {r.batch_size}, "
                     f"{r.iters} timed after {r.warmup} warm-up, {r.input} input"),
         ("load", f"{r.load_time_s:.2f} s (first run {r.first_run_ms:.1f} ms, not counted below)"),
