@@ -1,6 +1,7 @@
 """Bundles on x86 CPUs this machine is not: which kernels they get and what they answer there, under QEMU.
 
-`python -m ram_edge.benchmarks.emulated_cpus [--bundle B ...] [--images DIR] [--limit N] [--cpu MODEL ...] --report MD`
+`python -m ram_edge.benchmarks.emulated_cpus [--bundle B ...] [--images DIR] [--limit N] [--cpu MODEL ...] [--runtime R ...]
+--report MD`
 
 The code paths of CPUs without VNNI (OpenVINO's int8 kernels on AVX2, its kernels-off fallback for INT8 bundles,
 onnxruntime's AVX2 u8s8 kernels) run on none of this project's usual machines. QEMU in user mode
@@ -158,13 +159,13 @@ def _bundle_precision(bundle: Path) -> str:
     return read_bundle(bundle).precision
 
 
-def plan(bundles: list[Path], cpus: list[str]) -> list[Cell]:
-    """Every bundle on both runtimes (INT8 with each runtime's setting on and off), natively first, then per CPU."""
+def plan(bundles: list[Path], cpus: list[str], runtimes: tuple[str, ...] = RUNTIMES) -> list[Cell]:
+    """Every bundle on every runtime (INT8 with each runtime's setting on and off), natively first, then per CPU."""
     cells = []
     for cpu in [HOST, *cpus]:
         for bundle in bundles:
             precision = _bundle_precision(bundle)
-            for runtime in RUNTIMES:
+            for runtime in runtimes:
                 settings = [f"{SETTING_NAME[runtime]} {v}" for v in ("on", "off")] if precision == "int8" else ["–"]
                 cells += [Cell(cpu, relative_to_cwd(bundle), precision, runtime, s) for s in settings]
     return cells
@@ -187,7 +188,7 @@ def compare(cells: list[Cell], probs: dict[int, np.ndarray], fired) -> None:
             cell.agreement_vs_fp32 = float(tag_set_f1(fired(probs[i]), fired(probs[fp32])).mean())
 
 
-def run(bundles: list[Path], images: list[Path], cpus: list[str], threads: int) -> dict:
+def run(bundles: list[Path], images: list[Path], cpus: list[str], threads: int, runtimes: tuple[str, ...] = RUNTIMES) -> dict:
     """Every cell of the plan; the comparisons; what the report needs."""
     from ram_edge.bundle import read_bundle
 
@@ -195,7 +196,7 @@ def run(bundles: list[Path], images: list[Path], cpus: list[str], threads: int) 
         problem = emulator_problem(cpu)
         if problem:
             raise EmulatorUnavailable(problem)
-    cells = plan(bundles, cpus)
+    cells = plan(bundles, cpus, runtimes)
     by_name = {relative_to_cwd(b): b for b in bundles}
     probs: dict[int, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="ram-edge-emulated-") as tmp:
@@ -279,11 +280,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=Path, help="folder of images (default: the shipped example images)")
     p.add_argument("--limit", type=int, help="the first N images (sorted) only: emulation runs about 100x slower")
     p.add_argument("--cpu", action="append", choices=sorted(CPU_MODELS), help=f"QEMU CPU model (repeat; default: {', '.join(DEFAULT_CPUS)})")
+    p.add_argument("--runtime", action="append", choices=RUNTIMES, help="runtime (repeat; default: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", type=Path, help="write the Markdown report here (and its .json beside it)")
     a = p.parse_args(argv)
     bundles = a.bundle or [default_model_path("bundle"), default_model_path("bundle_fp32")]
-    result = run(bundles, _images(a.images, a.limit), a.cpu or list(DEFAULT_CPUS), a.threads)
+    result = run(bundles, _images(a.images, a.limit), a.cpu or list(DEFAULT_CPUS), a.threads, tuple(a.runtime or RUNTIMES))
     print(json.dumps(result, indent=1))
     if a.report:
         command = "python -m ram_edge.benchmarks.emulated_cpus " + " ".join(

@@ -136,10 +136,9 @@ class OrtRuntime(Runtime):
             options.add_session_config_entry("session.disable_quant_qdq", "1")
         if self.int8_u8u8:
             # Without VNNI, onnxruntime's U8S8 kernels multiply-add pairs of u8 x s8 products into 16 bits
-            # (vpmaddubsw), which saturates: on an emulated Zen 3 the default model's probabilities moved by up to
-            # 0.033 from the exact int32 products a VNNI CPU computes (benchmarks/emulated_cpus.md), and the AVX2
-            # retention table's tag-set agreement with fp32 was 0.983 against 0.990 with VNNI. The U8U8 kernels
-            # (weights shifted to uint8 at load) are exact there: within 1.2e-4 of the VNNI answers.
+            # (vpmaddubsw), which saturates: on an emulated Zen 3 the default model's tag-set agreement with fp32
+            # fell from 0.987 (a VNNI CPU's exact int32 products) to 0.971 on 60 scenes (benchmarks/emulated_cpus.md).
+            # The U8U8 kernels (weights shifted to uint8 at load, pairs summed in 32 bits) gave the VNNI CPU's tags.
             options.add_session_config_entry("session.x64quantprecision", "1")
             options.log_severity_level = 4  # an old bundle's refusal below is handled, not an error to print
         try:

@@ -95,3 +95,16 @@ def test_int8_bundle_kernels_and_answers_on_an_avx2_cpu(zen3, tmp_path, capsys):
     assert f"| {zen3} | " in text and "U8U8 on" in text and "int8 kernels off" in text
     assert json.loads(report.with_suffix(".json").read_text())["cells"] == result["cells"]
     assert np.isfinite([c["max_dp_vs_host"] for c in result["cells"] if c["cpu"] == zen3]).all()
+
+
+@pytest.mark.slow
+def test_bf16_on_a_cpu_without_it_is_a_one_line_refusal(zen3):
+    """OpenVINO's bf16 compute where the CPU has no AVX512_BF16 / AMX: a clear error, never a silent fp32 fallback."""
+    proc = subprocess.run(emu.emulated(zen3, ["-m", "ram_edge.cli.main", "tag", str(sorted(emu._images(None, 1))[0]),
+                                              "--runtime", "openvino", "--model", str(default_model_path("bundle_fp32")),
+                                              "--compute-precision", "bf16"]),
+                          capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(f"{emu.QEMU}: warning")]
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert len(errors) == 1 and errors[0].startswith("error: this CPU cannot compute in bf16 (OpenVINO reports: FP32"), errors
+    assert "BF16" not in errors[0] and errors[0].endswith("leave the compute precision at fp32")
