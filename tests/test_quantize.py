@@ -314,21 +314,23 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
         assert Tagger.load(old, runtime="ort").runtime.int8_u8u8 is True
 
 
-def test_ov_int8_kernels_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("runtime, fmt, setting", [("openvino", "openvino", "int8 kernels"), ("ort", "onnx", "U8U8")])
+def test_int8_settings_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_path, capsys, runtime, fmt, setting):
     pytest.importorskip("openvino")
     from ram_edge.benchmarks.ov_int8_kernels import main
 
     for source, name in ((micro["checkpoint"], "fp32"), (ptq_checkpoint, "int8")):
-        assert _run("export", source, "-o", tmp_path / name, "--format", "openvino").exit_code == 0
+        assert _run("export", source, "-o", tmp_path / name, "--format", fmt).exit_code == 0
     report = tmp_path / "r" / "ov.md"
-    main(["--fp32", str(tmp_path / "fp32"), "--int8", str(tmp_path / "int8"), "--rounds", "2", "--iters", "2",
-          "--warmup", "0", "--threads", "1", "--report", str(report)])
+    main(["--fp32", str(tmp_path / "fp32"), "--int8", str(tmp_path / "int8"), "--runtime", runtime, "--rounds", "2",
+          "--iters", "2", "--warmup", "0", "--threads", "1", "--report", str(report)])
     result = json.loads(capsys.readouterr().out)
-    assert set(result["cells"]) == {"fp32/auto", "int8/on", "int8/off"}
+    assert result["runtime"] == runtime and set(result["cells"]) == {"fp32/auto", "int8/on", "int8/off"}
     assert all(len(c["ms"]) == 2 and c["median_ms"] > 0 for c in result["cells"].values())
     assert result["cells"]["fp32/auto"]["speedup_vs_fp32"] == 1.0
     text = report.read_text()
-    assert "| int8 | off |" in text and "| fp32 | – |" in text and "--report" in text
+    assert f"| bundle | {setting} |" in text and "| int8 | off |" in text and "| fp32 | – |" in text
+    assert f"--runtime {runtime}" in text and "--report" in text
     assert json.loads(report.with_suffix(".json").read_text())["rounds"] == 2
     assert sorted(p.name for p in report.parent.iterdir()) == ["ov.json", "ov.md"]  # no temporary file left
 
