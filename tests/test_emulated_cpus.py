@@ -108,3 +108,14 @@ def test_bf16_on_a_cpu_without_it_is_a_one_line_refusal(zen3):
     assert proc.returncode != 0 and proc.stdout == ""
     assert len(errors) == 1 and errors[0].startswith("error: this CPU cannot compute in bf16 (OpenVINO reports: FP32"), errors
     assert "BF16" not in errors[0] and errors[0].endswith("leave the compute precision at fp32")
+
+
+def test_a_onednn_cap_runs_natively_and_only_openvino():
+    """`onednn:ISA` is this machine with OpenVINO's kernels capped (QEMU has no AVX-512): no QEMU, no onnxruntime cells."""
+    import sys
+
+    cpu = f"{emu.ONEDNN}AVX512_CORE"
+    assert emu.emulator_problem(cpu) is None and emu.emulated(cpu, ["-c", "pass"]) == [sys.executable, "-c", "pass"]
+    cells = emu.plan([default_model_path("bundle")], [cpu])
+    assert {(c.cpu, c.runtime) for c in cells if c.cpu == cpu} == {(cpu, "openvino")}
+    assert sorted(c.int8_setting for c in cells if c.cpu == cpu) == ["int8 kernels off", "int8 kernels on"]
