@@ -38,6 +38,7 @@ from ram_edge.errors import RamEdgeError
 from ram_edge.fileio import atomic_file
 from ram_edge.runtimes.openvino_runtime import INT8_KERNELS_ENV
 from ram_edge.runtimes.ort_runtime import INT8_U8U8_ENV
+from ram_edge.runtimes.registry import get_runtime_class
 
 from .harness import cpu_features, log, relative_to_cwd
 
@@ -162,10 +163,13 @@ def run_cell(cell: Cell, bundle: Path, images_file: Path, out: Path, threads: in
     cell.status = "ok"
 
 
-def _bundle_precision(bundle: Path) -> str:
+def _bundle_facts(bundle: Path) -> tuple[str, str]:
+    """A bundle's stored precision (int8 only where it computes in int8: not 8-bit weights) and model format."""
     from ram_edge.bundle import read_bundle
 
-    return read_bundle(bundle).precision
+    found = read_bundle(bundle, verify=False)
+    computes = found.manifest.get("compute_precision") or found.precision
+    return (found.precision if computes == found.precision else f"{found.precision} ({computes})"), found.manifest["model_format"]
 
 
 def plan(bundles: list[Path], cpus: list[str], runtimes: tuple[str, ...] = RUNTIMES) -> list[Cell]:
@@ -173,10 +177,12 @@ def plan(bundles: list[Path], cpus: list[str], runtimes: tuple[str, ...] = RUNTI
     cells = []
     for cpu in [HOST, *cpus]:
         for bundle in bundles:
-            precision = _bundle_precision(bundle)
+            precision, model_format = _bundle_facts(bundle)
             for runtime in runtimes:
                 if cpu.startswith(ONEDNN) and runtime != "openvino":
                     continue  # the cap is oneDNN's: onnxruntime would compute exactly what it does on the host
+                if model_format not in get_runtime_class(runtime).formats:
+                    continue  # an OpenVINO IR on onnxruntime
                 settings = [f"{SETTING_NAME[runtime]} {v}" for v in ("on", "off")] if precision == "int8" else ["–"]
                 cells += [Cell(cpu, relative_to_cwd(bundle), precision, runtime, s) for s in settings]
     return cells
