@@ -137,7 +137,6 @@ def plan(config: SuiteConfig) -> list[Cell]:
     return cells
 
 
-
 def _compute(run: dict[str, Any]) -> str:
     """What a cell computed in: OpenVINO INT8 on int8 kernels reads int8 (its precision hint says fp32), onnxruntime
     INT8 on its exact U8U8 kernels int8 U8U8 (CPUs without VNNI)."""
@@ -146,6 +145,7 @@ def _compute(run: dict[str, Any]) -> str:
     if run.get("int8_u8u8"):
         return "int8 U8U8"
     return run["compute_precision"]
+
 
 class Suite:
     """Runs one suite: prepare artifacts, time cells, measure accuracy and cold start, write the report."""

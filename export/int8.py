@@ -68,6 +68,8 @@ def unshare_weight_quantization(graph) -> int:
     name derived from the original, and fails the whole session ("Attempt to replace the existing tensor") when a
     second reader of the same initializer asks for the same rewrite.
     """
+    from onnx import TensorProto
+
     from .onnx_graph import remove_nodes
 
     initializers = {init.name: init for init in graph.initializer}
@@ -77,7 +79,7 @@ def unshare_weight_quantization(graph) -> int:
             source[node.output[0]] = source.get(node.input[0], node.input[0])
     dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"
                   and initializers.get(source.get(n.input[0], n.input[0])) is not None
-                  and initializers[source.get(n.input[0], n.input[0])].data_type in (2, 3)]  # uint8, int8
+                  and initializers[source.get(n.input[0], n.input[0])].data_type in (TensorProto.UINT8, TensorProto.INT8)]
     seen: set[str] = set()
     copied = 0
     for node in dequantize:
