@@ -49,3 +49,7 @@ class Terminated(KeyboardInterrupt):
     """The process was sent SIGTERM: raised like Ctrl-C so that half-written outputs are removed on the way out."""
 
     exit_code = 143  # 128 + SIGTERM, what a shell reports for a process the signal killed
+
+
+class RamEdgeWarning(RuntimeWarning):
+    """Something works, but not as well as it could, and the user can fix it (the CLI prints it as one line)."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from ram_edge.bundle import read_bundle
 from ram_edge.cpu import x86_int8_dot_product
-from ram_edge.errors import BundleError, ConfigError, RuntimeUnavailableError
+from ram_edge.errors import BundleError, ConfigError, RamEdgeWarning, RuntimeUnavailableError
 
 from .base import Runtime, normalize_compute_precision
 from .heap import release_free_heap
@@ -149,7 +149,7 @@ class OrtRuntime(Runtime):
                                   f"{str(exc).splitlines()[0][:300]}); re-export the bundle") from None
         warnings.warn(f"{model}: this INT8 bundle cannot use onnxruntime's exact U8U8 kernels (its weights share zero "
                       f"points), so on CPUs without VNNI its int8 products may saturate. Re-export it with this "
-                      f"version of ram-edge to fix that", RuntimeWarning, stacklevel=3)
+                      f"version of ram-edge to fix that", RamEdgeWarning, stacklevel=3)
         self.int8_u8u8 = False
         return self._session(ort, threads, weights_only, providers)
 

@@ -246,7 +246,10 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
     """Without VNNI onnxruntime's U8S8 kernels saturate 16-bit pair sums; ram-edge asks for its exact U8U8 kernels
     there. That rewrite needs every int8 weight to read its own zero point (the export unshares them); an older bundle
     whose weights share one loads with the U8S8 kernels and a warning instead of failing."""
+    import os
     import shutil
+    import subprocess
+    import sys
     import warnings
 
     import onnx
@@ -254,7 +257,7 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
 
     from ram_edge import Tagger
     from ram_edge.bundle import read_bundle, write_manifest
-    from ram_edge.errors import ConfigError
+    from ram_edge.errors import ConfigError, RamEdgeWarning
     from ram_edge.export.int8 import unshare_weight_quantization
     from ram_edge.export.validate import TOLERANCES
     from ram_edge.quantize.quantizer import load_quantized
@@ -302,10 +305,19 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
     onnx.save(model, str(old / "model.onnx"))
     write_manifest(old, read_bundle(old, verify=False).manifest)
     monkeypatch.setenv(ort_runtime.INT8_U8U8_ENV, "on")
-    with pytest.warns(RuntimeWarning, match="share zero points"):
+    with pytest.warns(RamEdgeWarning, match="share zero points"):
         tagger = Tagger.load(old, runtime="ort")
     assert tagger.runtime.int8_u8u8 is False
     assert np.abs(tagger.predict(batch) - expected).max() <= TOLERANCES["int8"]
+    # The CLI says so in one line and still tags.
+    image = sorted((micro["images"] / "album").glob("*.png"))[0]
+    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "tag", str(image), "--model", str(old), "--json"],
+                          capture_output=True, text=True, env={**os.environ, ort_runtime.INT8_U8U8_ENV: "on"})
+    assert proc.returncode == 0 and json.loads(proc.stdout)["image"] == str(image)
+    assert proc.stderr.strip().splitlines() == [f"warning: {old / 'model.onnx'}: this INT8 bundle cannot use "
+                                                f"onnxruntime's exact U8U8 kernels (its weights share zero points), so on "
+                                                f"CPUs without VNNI its int8 products may saturate. Re-export it with this "
+                                                f"version of ram-edge to fix that"]
     assert unshare_weight_quantization(model.graph) == len(shared) - 1
     onnx.save(model, str(old / "model.onnx"))
     write_manifest(old, read_bundle(old, verify=False).manifest)

@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 import click
 
 from .. import __version__
-from ..errors import MissingDependencyError, RamEdgeError, Terminated
+from ..errors import MissingDependencyError, RamEdgeError, RamEdgeWarning, Terminated
 from ..extras import missing_package_message
 
 # command name -> "module:function"; modules import their heavy dependencies lazily.
@@ -104,9 +105,26 @@ def terminate_gracefully() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def _one_line_warnings() -> None:
+    """Print ram-edge's own warnings as one `warning: ...` line on stderr (others as Python prints them)."""
+    shown = warnings.showwarning
+    if getattr(shown, "ram_edge", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RamEdgeWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.ram_edge = True
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     terminate_gracefully()
+    _one_line_warnings()
     cli.main(args=argv, prog_name="ram-edge")
 
 
