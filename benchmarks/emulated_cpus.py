@@ -36,11 +36,9 @@ import numpy as np
 
 from ram_edge.errors import RamEdgeError
 from ram_edge.fileio import atomic_file
-from ram_edge.runtimes.openvino_runtime import INT8_KERNELS_ENV
-from ram_edge.runtimes.ort_runtime import INT8_U8U8_ENV
 from ram_edge.runtimes.registry import get_runtime_class
 
-from .harness import cpu_features, log, relative_to_cwd
+from .harness import INT8_SETTINGS, cpu_features, log, relative_to_cwd
 
 QEMU = "qemu-x86_64"
 HOST = "host"
@@ -57,9 +55,6 @@ CPU_MODELS = {
 }
 DEFAULT_CPUS = ("EPYC-Milan", "Haswell")
 RUNTIMES = ("ort", "openvino")
-# The environment variable each runtime reads for its CPU choice on INT8 bundles, and how the report names it.
-SETTING_ENV = {"ort": INT8_U8U8_ENV, "openvino": INT8_KERNELS_ENV}
-SETTING_NAME = {"ort": "U8U8", "openvino": "int8 kernels"}
 _SIGNAL = re.compile(r"uncaught target signal (\d+) \(([^)]*)\)")
 
 
@@ -144,9 +139,9 @@ def probe(bundle: Path, runtime: str, images: list[Path], out: Path, threads: in
 
 def run_cell(cell: Cell, bundle: Path, images_file: Path, out: Path, threads: int) -> None:
     """Run one cell's probe in a fresh (emulated) process; fills its status, kernels and time."""
-    env = {k: v for k, v in os.environ.items() if k not in SETTING_ENV.values()}
+    env = {k: v for k, v in os.environ.items() if k not in {name for name, _ in INT8_SETTINGS.values()}}
     if cell.int8_setting != "–":
-        env[SETTING_ENV[cell.runtime]] = cell.int8_setting.split()[-1]
+        env[INT8_SETTINGS[cell.runtime][0]] = cell.int8_setting.split()[-1]
     if cell.cpu.startswith(ONEDNN):
         env["ONEDNN_MAX_CPU_ISA"] = cell.cpu.removeprefix(ONEDNN)
     args = ["-m", "ram_edge.benchmarks.emulated_cpus", "probe", "--bundle", str(bundle), "--runtime", cell.runtime,
@@ -174,16 +169,17 @@ def _bundle_facts(bundle: Path) -> tuple[str, str]:
 
 def plan(bundles: list[Path], cpus: list[str], runtimes: tuple[str, ...] = RUNTIMES) -> list[Cell]:
     """Every bundle on every runtime (INT8 with each runtime's setting on and off), natively first, then per CPU."""
+    facts = {bundle: _bundle_facts(bundle) for bundle in bundles}
     cells = []
     for cpu in [HOST, *cpus]:
         for bundle in bundles:
-            precision, model_format = _bundle_facts(bundle)
+            precision, model_format = facts[bundle]
             for runtime in runtimes:
                 if cpu.startswith(ONEDNN) and runtime != "openvino":
                     continue  # the cap is oneDNN's: onnxruntime would compute exactly what it does on the host
                 if model_format not in get_runtime_class(runtime).formats:
                     continue  # an OpenVINO IR on onnxruntime
-                settings = [f"{SETTING_NAME[runtime]} {v}" for v in ("on", "off")] if precision == "int8" else ["–"]
+                settings = [f"{INT8_SETTINGS[runtime][1]} {v}" for v in ("on", "off")] if precision == "int8" else ["–"]
                 cells += [Cell(cpu, relative_to_cwd(bundle), precision, runtime, s) for s in settings]
     return cells
 

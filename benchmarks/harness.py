@@ -32,6 +32,11 @@ import numpy as np
 
 from ram_edge.cpu import cpu_flags, x86_int8_dot_product
 from ram_edge.errors import RamEdgeError
+from ram_edge.runtimes.openvino_runtime import INT8_KERNELS_ENV
+from ram_edge.runtimes.ort_runtime import INT8_U8U8_ENV
+
+# Per runtime: the environment variable of its CPU choice for INT8 bundles (on / off / auto) and what reports call it.
+INT8_SETTINGS = {"openvino": (INT8_KERNELS_ENV, "int8 kernels"), "ort": (INT8_U8U8_ENV, "U8U8")}
 
 _MIB = float(1 << 20)
 

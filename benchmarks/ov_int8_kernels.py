@@ -24,23 +24,17 @@ import numpy as np
 
 from ram_edge.errors import RamEdgeError
 from ram_edge.fileio import atomic_file
-from ram_edge.runtimes.openvino_runtime import INT8_KERNELS_ENV
-from ram_edge.runtimes.ort_runtime import INT8_U8U8_ENV
-
-from .harness import cpu_features, log, relative_to_cwd, run_cli
+from .harness import INT8_SETTINGS, cpu_features, log, relative_to_cwd, run_cli
 
 CELLS = (("fp32", "auto"), ("int8", "on"), ("int8", "off"))
-# Per runtime: the environment variable of its INT8 choice, what the report calls the setting, and its title.
-SETTINGS = {
-    "openvino": (INT8_KERNELS_ENV, "int8 kernels", "OpenVINO INT8 with and without its int8 kernels"),
-    "ort": (INT8_U8U8_ENV, "U8U8", "onnxruntime INT8 on its U8U8 (on) and U8S8 (off) kernels"),
-}
+TITLES = {"openvino": "OpenVINO INT8 with and without its int8 kernels",
+          "ort": "onnxruntime INT8 on its U8U8 (on) and U8S8 (off) kernels"}
 
 
 def bench_cell(bundle: Path, setting: str, batch: int, iters: int, warmup: int, threads: int, runtime: str = "openvino") -> dict:
     """One `ram-edge bench --json` run of `bundle` on `runtime` in a fresh process with its INT8 setting."""
     out = run_cli("bench", bundle, "--runtime", runtime, "--batch-size", batch, "--iters", iters, "--warmup", warmup,
-                  "--threads", threads, "--json", capture=True, env={SETTINGS[runtime][0]: setting})
+                  "--threads", threads, "--json", capture=True, env={INT8_SETTINGS[runtime][0]: setting})
     return json.loads(out)
 
 
@@ -52,7 +46,7 @@ def run(fp32: Path, int8: Path, rounds: int, batch: int, iters: int, warmup: int
     for r in range(rounds):
         order = CELLS if r % 2 == 0 else tuple(reversed(CELLS))
         for precision, kernels in order:
-            log(f"round {r + 1}/{rounds}: {precision} ({SETTINGS[runtime][1]}: {kernels})")
+            log(f"round {r + 1}/{rounds}: {precision} ({INT8_SETTINGS[runtime][1]}: {kernels})")
             out = bench_cell(bundles[precision], kernels, batch, iters, warmup, threads, runtime)
             cell = results[f"{precision}/{kernels}"]
             cell["ms"].append(out["latency_image_ms"]["p50"])
@@ -69,7 +63,8 @@ def run(fp32: Path, int8: Path, rounds: int, batch: int, iters: int, warmup: int
 def markdown(result: dict, command: str) -> str:
     """The report: machine, command and one row per cell."""
     cpu = result["cpu"]
-    _, setting, title = SETTINGS[result.get("runtime", "openvino")]
+    runtime = result.get("runtime", "openvino")
+    setting, title = INT8_SETTINGS[runtime][1], TITLES[runtime]
     lines = [f"# {title}", "",
              f"Machine: {cpu['model']}, {cpu['cores']} cores, features {', '.join(cpu['features']) or 'unknown'} "
              f"(VNNI: {'yes' if cpu['vnni'] else 'no'}); {result['threads']} threads  ",
@@ -88,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fp32", type=Path, required=True, help="an fp32 OpenVINO (or ONNX) bundle")
-    parser.add_argument("--runtime", choices=sorted(SETTINGS), default="openvino",
+    parser.add_argument("--runtime", choices=sorted(INT8_SETTINGS), default="openvino",
                         help="openvino: its int8 kernels on / off; ort: its U8U8 kernels on / off (U8S8)")
     parser.add_argument("--int8", type=Path, required=True, help="the INT8 bundle of the same model")
     parser.add_argument("--rounds", type=int, default=3)

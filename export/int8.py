@@ -70,23 +70,20 @@ def unshare_weight_quantization(graph) -> int:
     """
     from onnx import TensorProto
 
-    from .onnx_graph import remove_nodes
+    from .onnx_graph import initializer_aliases, remove_nodes
 
     initializers = {init.name: init for init in graph.initializer}
-    source = {}
-    for node in graph.node:  # topological: an Identity of an Identity of an initializer resolves too
-        if node.op_type == "Identity" and source.get(node.input[0], node.input[0]) in initializers:
-            source[node.output[0]] = source.get(node.input[0], node.input[0])
+    alias = initializer_aliases(graph)
     dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear"
-                  and initializers.get(source.get(n.input[0], n.input[0])) is not None
-                  and initializers[source.get(n.input[0], n.input[0])].data_type in (TensorProto.UINT8, TensorProto.INT8)]
+                  and initializers.get(alias.get(n.input[0], n.input[0])) is not None
+                  and initializers[alias.get(n.input[0], n.input[0])].data_type in (TensorProto.UINT8, TensorProto.INT8)]
     seen: set[str] = set()
     copied = 0
     for node in dequantize:
         for slot in (0, 2):
             if len(node.input) <= slot or not node.input[slot]:
                 continue
-            name = source.get(node.input[slot], node.input[slot])
+            name = alias.get(node.input[slot], node.input[slot])
             if name not in initializers:
                 continue
             if name in seen:

@@ -40,20 +40,14 @@ def unshare_kept_float_initializers(graph, kept_float=FP16_KEPT_FLOAT) -> None:
     the float32 ops their own copy of an initializer that converted ops read too."""
     from onnx import TensorProto
 
-    from .onnx_graph import consumers, remove_nodes
+    from .onnx_graph import consumers, initializer_aliases, remove_nodes
 
     # The exporter writes a second use of one weight as an Identity of it (a LayerNorm bias used twice, or equal
     # weights deduplicated: an untrained model's all-zero position-bias tables). The fp16 pass leaves such an
     # initializer float32 once any reader stays float32, yet converts the other readers without a Cast, and
     # onnxruntime refuses the graph.
     initializers = {init.name: init for init in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    alias = {}
-    for node in graph.node:
-        if node.op_type == "Identity" and node.output[0] not in outputs:
-            source = alias.get(node.input[0], node.input[0])
-            if source in initializers:
-                alias[node.output[0]] = source
+    alias = initializer_aliases(graph)
     if alias:
         for node in graph.node:
             for i, name in enumerate(node.input):

@@ -24,6 +24,20 @@ def constant_tensors(graph, identities: bool = True) -> dict:
     return tensors
 
 
+def initializer_aliases(graph) -> dict[str, str]:
+    """Each output of an Identity (chain) of an initializer -> that initializer's name (the exporter writes a second use
+    of a constant, or of an equal one it deduplicated, as an Identity of it)."""
+    initializers = {init.name for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias: dict[str, str] = {}
+    for node in graph.node:  # topological order: an Identity of an Identity resolves too
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            source = alias.get(node.input[0], node.input[0])
+            if source in initializers:
+                alias[node.output[0]] = source
+    return alias
+
+
 def remove_nodes(graph, dropped: set[int]) -> None:
     """Remove the nodes whose id() is in `dropped`, then the Constant / Identity nodes and initializers nothing reads."""
     outputs = {o.name for o in graph.output}

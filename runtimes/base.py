@@ -7,17 +7,30 @@ once in `Tagger`; a runtime only turns a preprocessed batch into probabilities.
 from __future__ import annotations
 
 import abc
+import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
-from ram_edge.errors import RuntimeUnavailableError
+from ram_edge.errors import ConfigError, RuntimeUnavailableError
 
 #: Arithmetic precisions a runtime can be asked to compute in (stored precision is the bundle's own).
 COMPUTE_PRECISIONS = ("fp32", "bf16", "fp16")
 _ALIASES = {"f32": "fp32", "float32": "fp32", "fp32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
             "f16": "fp16", "float16": "fp16", "fp16": "fp16"}
+
+
+AUTO_ON_OFF = ("auto", "on", "off")
+
+
+def auto_on_off(env: str, auto: Callable[[], bool], auto_means: str) -> bool:
+    """A runtime's CPU choice from $`env`: on / off, or auto (the default) as `auto()` decides; any other value is a
+    ConfigError that says what auto means."""
+    value = os.environ.get(env, "auto").strip().lower()
+    if value not in AUTO_ON_OFF:
+        raise ConfigError(f"{env}={value!r} is not valid; use one of {', '.join(AUTO_ON_OFF)} (auto: {auto_means})")
+    return auto() if value == "auto" else value == "on"
 
 
 def normalize_compute_precision(value: str | None) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -12,9 +11,9 @@ import numpy as np
 
 from ram_edge.bundle import read_bundle
 from ram_edge.cpu import x86_int8_dot_product
-from ram_edge.errors import BundleError, ConfigError, RamEdgeWarning, RuntimeUnavailableError
+from ram_edge.errors import BundleError, RamEdgeWarning, RuntimeUnavailableError
 
-from .base import Runtime, normalize_compute_precision
+from .base import Runtime, auto_on_off, normalize_compute_precision
 from .heap import release_free_heap
 
 # --device value -> execution provider; the CPU provider is appended as onnxruntime's own
@@ -28,7 +27,6 @@ DEVICE_PROVIDERS = {
 # Whether an INT8 bundle's int8 products run on onnxruntime's U8U8 kernels on the CPU: auto (on x86 CPUs without
 # VNNI or AMX), on, off.
 INT8_U8U8_ENV = "RAM_EDGE_ORT_INT8_U8U8"
-INT8_U8U8 = ("auto", "on", "off")
 # What onnxruntime says when a bundle written before ram-edge unshared its weights' zero points meets the U8U8 rewrite.
 _SHARED_ZERO_POINT = "Attempt to replace the existing tensor"
 
@@ -36,13 +34,8 @@ _SHARED_ZERO_POINT = "Attempt to replace the existing tensor"
 def int8_u8u8_wanted() -> bool:
     """Whether onnxruntime should compute an INT8 bundle with U8U8 kernels: $RAM_EDGE_ORT_INT8_U8U8 on / off, or auto
     (the default): on x86 CPUs known to lack VNNI and AMX."""
-    value = os.environ.get(INT8_U8U8_ENV, "auto").strip().lower()
-    if value not in INT8_U8U8:
-        raise ConfigError(f"{INT8_U8U8_ENV}={value!r} is not valid; use one of {', '.join(INT8_U8U8)} (auto: U8U8 on x86 "
-                          f"CPUs without VNNI or AMX, where the faster U8S8 kernels can saturate)")
-    if value == "auto":
-        return x86_int8_dot_product() is False
-    return value == "on"
+    return auto_on_off(INT8_U8U8_ENV, lambda: x86_int8_dot_product() is False,
+                       "U8U8 on x86 CPUs without VNNI or AMX, where the faster U8S8 kernels can saturate")
 
 
 def session_options(threads: int | None = None):
