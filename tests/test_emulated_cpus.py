@@ -119,3 +119,14 @@ def test_a_onednn_cap_runs_natively_and_only_openvino():
     cells = emu.plan([default_model_path("bundle")], [cpu])
     assert {(c.cpu, c.runtime) for c in cells if c.cpu == cpu} == {(cpu, "openvino")}
     assert sorted(c.int8_setting for c in cells if c.cpu == cpu) == ["int8 kernels off", "int8 kernels on"]
+
+
+def test_off_linux_the_cpuid_probe_sees_an_avx2_cpu(zen3):
+    """The path Windows and macOS take (numpy's CPUID probe, not /proc/cpuinfo), run as a Zen 3: AVX2 without VNNI,
+    so ram-edge's automatic choices there are onnxruntime's exact U8U8 kernels and OpenVINO's int8 kernels off."""
+    code = ("from ram_edge.cpu import cpuid_flags, x86_avx2_only, x86_int8_dot_product;"
+            "f = cpuid_flags(system='Windows', processor='AMD64 Family 25 Model 33 Stepping 0, AuthenticAMD');"
+            "print(sorted(f), x86_int8_dot_product(f, 'AMD64'), x86_avx2_only(f, 'AMD64'))")
+    proc = subprocess.run(emu.emulated(zen3, ["-c", code]), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["['avx',", "'avx2',", "'fma',", "'sse2',", "'ssse3']", "False", "True"]
