@@ -188,7 +188,8 @@ def _cpu_model() -> str:
 
 
 def cpu_features() -> dict[str, Any]:
-    """The CPU's name, cores and INT8 / BF16 instruction-set features (ram_edge.cpu: /proc/cpuinfo or CPUID), and OpenVINO's view of them."""
+    """The CPU's name, cores and INT8 / BF16 instruction-set features (ram_edge.cpu: /proc/cpuinfo or CPUID), and
+    OpenVINO's view of them."""
     flags = cpu_flags()
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     try:
