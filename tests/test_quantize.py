@@ -356,6 +356,20 @@ def test_int8_export_errors(micro, ptq_checkpoint, tmp_path):
         assert not (tmp_path / "b").exists()
 
 
+def test_int8_export_through_the_cli_prints_no_dependency_chatter(ptq_checkpoint, tmp_path):
+    """`ram-edge export QUANTIZED` in a fresh process: NNCF's strip imports torchao, which warns of every CUDA kernel
+    library it cannot load and draws a torch deprecation warning; the CLI keeps those off a user's terminal."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "export", str(ptq_checkpoint), "-o",
+                           str(tmp_path / "bundle")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote" in proc.stderr + proc.stdout
+    noise = [line for line in proc.stderr.splitlines() if "torchao" in line or "_pytree" in line]
+    assert noise == []
+
+
 def test_int8_bundle_runtime_path_imports_no_torch(ptq_checkpoint, micro, tmp_path):
     import subprocess
     import sys

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -121,10 +122,23 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+# Loggers of dependencies whose warnings concern their own developers, not a ram-edge user: torchao reports each CUDA
+# kernel library it cannot load on a CPU machine; torch's pytree warns torchao of a deprecation.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def _quiet_dependency_logs() -> None:
+    """Silence the dependency warnings above below ERROR (all of them with RAM_EDGE_DEBUG=1)."""
+    if not os.environ.get("RAM_EDGE_DEBUG"):
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     terminate_gracefully()
     _one_line_warnings()
+    _quiet_dependency_logs()
     cli.main(args=argv, prog_name="ram-edge")
 
 
