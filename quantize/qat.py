@@ -23,7 +23,7 @@ from torch import nn
 from ram_edge.errors import QuantizeError
 from ram_edge.fileio import refuse_existing
 from ram_edge.training.config import DataConfig, LossConfig, OptimConfig, TrainConfig
-from ram_edge.training.loop import Trainer
+from ram_edge.training.loop import Trainer, run_directory
 
 from .calibration import CalibrationData, detect_kind
 from .config import QATConfig, QuantizeConfig
@@ -225,18 +225,19 @@ def quantization_aware_training(model_dir: str | Path, out_dir: str | Path, qcfg
     if qcfg.qat.tagging_weight > 0:
         _check_tags_match(model_dir, train_cfg.data)
     identity = {"model": str(Path(model_dir).resolve()), "data": str(Path(data).resolve()), "config": json.loads(json.dumps(qcfg.to_dict()))}
-    run_file = run_dir / RUN_FILE
-    if run_file.is_file():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        if previous != identity:
-            changed = sorted(k for k in identity if previous.get(k) != identity[k])
-            raise QuantizeError(f"{run_dir} holds a QAT run of another setup ({', '.join(changed)} differ); "
-                                f"pass --run-dir with a new folder, or delete {run_dir} to start over")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps(identity, indent=1), encoding="utf-8")
-    trainer = QATTrainer(model_dir, out_dir, qcfg, train_cfg, calib, progress=progress)
-    try:
-        return trainer.train(resume=True, stop_at=stop_at)
-    finally:
-        trainer.dist.close()
+    with run_directory(run_dir, "pass another --run-dir (and -o)"):
+        run_file = run_dir / RUN_FILE
+        if run_file.is_file():
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+            if previous != identity:
+                changed = sorted(k for k in identity if previous.get(k) != identity[k])
+                raise QuantizeError(f"{run_dir} holds a QAT run of another setup ({', '.join(changed)} differ); "
+                                    f"pass --run-dir with a new folder, or delete {run_dir} to start over")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            run_file.write_text(json.dumps(identity, indent=1), encoding="utf-8")
+        trainer = QATTrainer(model_dir, out_dir, qcfg, train_cfg, calib, progress=progress)
+        try:
+            return trainer.train(resume=True, stop_at=stop_at)
+        finally:
+            trainer.dist.close()

@@ -45,6 +45,10 @@ class StreamError(RamEdgeError):
     """A video source cannot be opened, or a live one was lost and could not be reopened."""
 
 
+class DirectoryBusyError(RamEdgeError):
+    """Another process is working in a run directory (training, QAT) that this one would write to."""
+
+
 class Terminated(KeyboardInterrupt):
     """The process was sent SIGTERM: raised like Ctrl-C so that half-written outputs are removed on the way out."""
 

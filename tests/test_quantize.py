@@ -538,6 +538,19 @@ def test_resumed_qat_ends_identical_to_an_uninterrupted_run(micro, qat_run, tmp_
     assert not (tmp_path / "other").exists()
 
 
+def test_qat_refuses_a_run_dir_another_process_works_in(micro, tmp_path):
+    from ram_edge.dir_lock import exclusive_directory
+
+    run_dir = tmp_path / "run"
+    with exclusive_directory(run_dir, "x"):  # flock conflicts between open files, in one process too
+        result = _run("quantize", micro["checkpoint"], "-o", tmp_path / "q", "--method", "qat", "--calib",
+                      micro["images"], "--steps", "4", "--run-dir", run_dir)
+        assert [p.name for p in run_dir.iterdir()] == [".ram-edge.lock"]  # the refused run wrote nothing there
+    assert result.exit_code == 2, result.output
+    assert f"{run_dir} is in use by another ram-edge process" in result.stderr and "--run-dir" in result.stderr
+    assert not (tmp_path / "q").exists()
+
+
 def test_qat_tagging_loss_needs_tags_that_match_the_label_set(micro, tmp_path):
     (tmp_path / "q.yaml").write_text(QAT_CONFIG.replace("  hflip: false\n", "  hflip: false\n  tagging_weight: 1.0\n"))
     data = tmp_path / "data"

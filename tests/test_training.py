@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,35 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
     assert "Traceback" not in err
     assert f"the last checkpoint is {last}" in line or f"the last checkpoint is {tmp_path / 'run' / 'checkpoints'}" in line, line
     assert line.endswith(f"resume with: ram-edge train {cfg_path} --steps 100000"), line
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_while_the_first_goes_on(tmp_path):
+    """Two runs resuming from the same checkpoints would overwrite each other's: the second fails at once, naming the
+    first, and the first is not disturbed."""
+    import time
+
+    data = make_dataset(tmp_path / "data", 16, seed=9)
+    cfg_path = _write_cfg(tmp_path, tiny_config(tmp_path, data, total_steps=100000, checkpoint_every=3))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "ram_edge.cli.main", "train", str(cfg_path)], stderr=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        latest = tmp_path / "run" / "checkpoints" / "latest"
+        deadline = time.monotonic() + 120
+        while not latest.is_file() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert latest.is_file()
+        second = _run_cli(cfg_path)
+        assert second.returncode == 2, second.stderr[-3000:]
+        message = second.stderr.strip()
+        assert message.startswith(f"error: {tmp_path / 'run'} is in use by another ram-edge process (pid {first.pid} "
+                                  f"on {socket.gethostname()} since "), message
+        assert message.endswith("give this run another output_dir (--output-dir)") and "\n" not in message
+        assert first.poll() is None  # still training
+    finally:
+        first.terminate()
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 143 and "Traceback" not in err, err[-3000:]
 
 
 def test_data_path_may_list_several_jsonl_sources(tmp_path):

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from ram_edge.dir_lock import exclusive_directory
 from ram_edge.errors import ConfigError
 from ram_edge.fileio import atomic_dir, atomic_file
 from ram_edge.labels import DEFAULT_THRESHOLD
@@ -391,9 +392,9 @@ class Trainer:
                               "images_per_s": images * self.dist.world / max(elapsed, 1e-9), "skipped": self.skipped}
                     self.log(record)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{record.get('loss', 0):.3f}")
+                        bar.set_postfix(loss=f"{record.get('loss', 0):.4g}")
                     if log_lines:
-                        self.say(f"step {self.step}/{cfg.total_steps}: loss {record.get('loss', float('nan')):.4f}, "
+                        self.say(f"step {self.step}/{cfg.total_steps}: loss {record.get('loss', float('nan')):.4g}, "
                                  f"lr {record['lr']:.3g}, {record['images_per_s']:.1f} images/s"
                                  + (f", {self.skipped} skipped" if self.skipped else ""))
                     sums, images, window, tick = {}, 0, 0, time.perf_counter()
@@ -507,10 +508,19 @@ class Trainer:
 
 def train(cfg: TrainConfig, *, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict[str, Any]:
     """Train (or resume) a run described by `cfg`, optionally stopping early at step `stop_at`."""
-    trainer = Trainer(cfg, progress=progress)
-    try:
-        return trainer.train(resume=resume, stop_at=stop_at)
-    finally:
-        trainer.dist.close()
+    with run_directory(cfg.output_dir, "give this run another output_dir (--output-dir)"):
+        trainer = Trainer(cfg, progress=progress)
+        try:
+            return trainer.train(resume=resume, stop_at=stop_at)
+        finally:
+            trainer.dist.close()
+
+
+def run_directory(path: str | Path, hint: str) -> contextlib.AbstractContextManager:
+    """The run directory held by this run for its whole length (by rank 0 under torchrun: the ranks of one run share
+    it), so that a second run started on it fails at once instead of overwriting checkpoints."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext(Path(path))
+    return exclusive_directory(path, hint)
 
 

@@ -53,4 +53,4 @@ def train(config, output_dir, steps, stop_at, no_resume, as_json) -> None:
     if as_json:
         click.echo(json.dumps(record))
     elif record:
-        click.echo(f"step {record.get('step')}: loss {record.get('loss', float('nan')):.4f}; model written to {cfg.output_dir}/model")
+        click.echo(f"step {record.get('step')}: loss {record.get('loss', float('nan')):.4g}; model written to {cfg.output_dir}/model")
