@@ -1,5 +1,5 @@
-"""One process at a time in a run directory: two training or QAT runs resuming from the same checkpoints would
-overwrite each other's checkpoints and logs."""
+"""One process at a time in a run directory or on an output file: two training or QAT runs resuming from the same
+checkpoints would overwrite each other's checkpoints and logs; two taggers appending to one file would mix their lines."""
 
 from __future__ import annotations
 
@@ -11,19 +11,23 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import DirectoryBusyError
+from .errors import InUseError
 
 LOCK_NAME = ".ram-edge.lock"
 
 
-def _try_lock(fh: IO[str]) -> bool:
+# Windows locks are mandatory: the lock sits on a byte far past the end, so that others can still read the file.
+_WINDOWS_LOCK_BYTE = 0x7FFFFFF0
+
+
+def try_lock(fh: IO) -> bool:
     """Take the OS lock on `fh` without waiting; False when another process holds it. The OS drops the lock when its
     holder exits, however it exits, so a killed run never leaves a stale lock behind."""
     try:
         if sys.platform == "win32":
             import msvcrt
 
-            fh.seek(0)
+            fh.seek(_WINDOWS_LOCK_BYTE)
             msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
         else:
             import fcntl
@@ -34,11 +38,12 @@ def _try_lock(fh: IO[str]) -> bool:
     return True
 
 
-def _unlock(fh: IO[str]) -> None:
+def unlock(fh: IO) -> None:
+    """Release try_lock's lock (closing the file releases it too)."""
     if sys.platform == "win32":
         import msvcrt
 
-        fh.seek(0)
+        fh.seek(_WINDOWS_LOCK_BYTE)
         with contextlib.suppress(OSError):
             msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
     else:
@@ -52,13 +57,13 @@ def _holder(fh: IO[str]) -> str:
     try:
         fh.seek(0)
         return fh.read(200).strip() or "unknown"
-    except OSError:  # Windows: the holder's locked byte cannot be read
+    except OSError:
         return "unknown"
 
 
 @contextlib.contextmanager
 def exclusive_directory(path: str | Path, hint: str) -> Iterator[Path]:
-    """Hold `path` (created if needed) for the block; a second process fails at once with DirectoryBusyError, whose
+    """Hold `path` (created if needed) for the block; a second process fails at once with InUseError, whose
     message names the holder and ends with `hint` (what the user can do instead)."""
     path = Path(path)
     created = not path.exists()
@@ -66,8 +71,8 @@ def exclusive_directory(path: str | Path, hint: str) -> Iterator[Path]:
     lock = path / LOCK_NAME
     fh = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole block
     try:
-        if not _try_lock(fh):
-            raise DirectoryBusyError(f"{path} is in use by another ram-edge process ({_holder(fh)}); wait for it to "
+        if not try_lock(fh):
+            raise InUseError(f"{path} is in use by another ram-edge process ({_holder(fh)}); wait for it to "
                                      f"finish, or {hint}")
         try:
             fh.seek(0)
@@ -83,6 +88,6 @@ def exclusive_directory(path: str | Path, hint: str) -> Iterator[Path]:
                 with contextlib.suppress(OSError):
                     path.rmdir()
             else:
-                _unlock(fh)
+                unlock(fh)
     finally:
         fh.close()

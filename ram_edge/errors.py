@@ -45,8 +45,9 @@ class StreamError(RamEdgeError):
     """A video source cannot be opened, or a live one was lost and could not be reopened."""
 
 
-class DirectoryBusyError(RamEdgeError):
-    """Another process is working in a run directory (training, QAT) that this one would write to."""
+class InUseError(RamEdgeError):
+    """Another process is working in a run directory (training, QAT) or writing an output file that this one would
+    write to."""
 
 
 class Terminated(KeyboardInterrupt):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -202,6 +202,42 @@ class Tagger:
         reader = FrameReader(source, every=every, fps=fps, realtime=realtime, reconnect_attempts=reconnect_attempts)
         return TagStream(self, reader, threshold=threshold, top_k=top_k, max_frames=max_frames)
 
+    def iter_tag(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int | None = None,
+        threshold: float | None = None,
+        top_k: int | None = None,
+        progress: Any = None,
+        channels: str = "rgb",
+    ) -> Iterator[tuple[TagResult, np.ndarray | None]]:
+        """Tag images in batches, yielding each image's result and probabilities (None for an image that failed, whose
+        result holds the error) in input order as soon as its batch is done: a library of any size in flat memory.
+
+        `batch_size` None: `default_batch_size` (1 for full-size models on a CPU, else 8).
+        """
+        step = max(1, batch_size or self.default_batch_size)
+        for start in range(0, len(images), step):
+            chunk = list(images[start : start + step])
+            slots: list[tuple[TagResult, np.ndarray | None] | None] = [None] * len(chunk)
+            arrays, ok_rows = [], []
+            for offset, img in enumerate(chunk):
+                try:
+                    image = load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels, channels=channels)
+                    arrays.append(preprocess(image, self.info.preprocess))
+                    ok_rows.append(offset)
+                except RamEdgeError as exc:
+                    slots[offset] = (TagResult(_image_name(img), error=str(exc)), None)
+            if arrays:
+                chunk_probs = self.predict(np.stack(arrays))
+                decoded = self.decode(chunk_probs, [chunk[r] for r in ok_rows], threshold=threshold, top_k=top_k)
+                for row, result, row_probs in zip(ok_rows, decoded, chunk_probs):
+                    slots[row] = (result, row_probs)
+            if progress is not None:
+                progress.update(len(chunk))
+            yield from slots  # type: ignore[misc]
+
     def tag_many(
         self,
         images: Sequence[ImageInput],
@@ -219,27 +255,11 @@ class Tagger:
         """
         results: list[TagResult] = []
         probs = np.full((len(images), len(self.labels.tags)), np.nan, dtype=np.float32)
-        step = max(1, batch_size or self.default_batch_size)
-        for start in range(0, len(images), step):
-            chunk = list(images[start : start + step])
-            slots: list[TagResult | None] = [None] * len(chunk)
-            arrays, ok_rows = [], []
-            for offset, img in enumerate(chunk):
-                try:
-                    image = load_image(img, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels, channels=channels)
-                    arrays.append(preprocess(image, self.info.preprocess))
-                    ok_rows.append(offset)
-                except RamEdgeError as exc:
-                    slots[offset] = TagResult(_image_name(img), error=str(exc))
-            if arrays:
-                chunk_probs = self.predict(np.stack(arrays))
-                probs[[start + r for r in ok_rows]] = chunk_probs
-                decoded = self.decode(chunk_probs, [chunk[r] for r in ok_rows], threshold=threshold, top_k=top_k)
-                for row, result in zip(ok_rows, decoded):
-                    slots[row] = result
-            results.extend(slots)  # type: ignore[arg-type]
-            if progress is not None:
-                progress.update(len(chunk))
+        for i, (result, row) in enumerate(self.iter_tag(images, batch_size=batch_size, threshold=threshold, top_k=top_k,
+                                                        progress=progress, channels=channels)):
+            results.append(result)
+            if row is not None:
+                probs[i] = row
         return results, probs
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ram_edge.dir_lock import LOCK_NAME, exclusive_directory
-from ram_edge.errors import DirectoryBusyError
+from ram_edge.errors import InUseError
 
 HOLD = ("import sys; from ram_edge.dir_lock import exclusive_directory\n"
         "with exclusive_directory(sys.argv[1], 'x'):\n"
@@ -29,7 +29,7 @@ def test_a_second_process_is_refused_and_told_who_holds_the_directory(tmp_path):
     run = tmp_path / "run"
     holder = _holder(run)
     try:
-        with pytest.raises(DirectoryBusyError) as err:
+        with pytest.raises(InUseError) as err:
             with exclusive_directory(run, "give this run another output_dir"):
                 pass
         assert f"pid {holder.pid}" in str(err.value) and "another output_dir" in str(err.value)

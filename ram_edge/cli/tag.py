@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -29,20 +30,21 @@ def _human(result, chinese: bool) -> str:
               help="Images per inference [1 for full-size (384 px) models on a CPU, where batching buys no speed and costs "
                    "memory; 8 otherwise].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image per line.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Append one JSON object per image to FILE (JSON lines) as images are tagged, instead of printing "
+                   "them; a rerun with the same FILE skips the images it holds, so a library run resumes where it "
+                   "stopped.")
 @click.option("--scores-out", type=click.Path(dir_okay=False), default=None, help="Write the float32 probability matrix (images x tags) as .npy; NaN rows for failed images.")
 @click.option("--no-exif-transpose", is_flag=True, help="Do not apply the EXIF orientation (the official transform does not).")
-def tag(images, model, runtime, device, threads, compute_precision, threshold, top_k, chinese, batch_size, as_json, scores_out, no_exif_transpose) -> None:
-    """Tag IMAGES (files or folders, searched recursively)."""
-    import numpy as np
-    from tqdm import tqdm
+def tag(images, model, runtime, device, threads, compute_precision, threshold, top_k, chinese, batch_size, as_json, output,
+        scores_out, no_exif_transpose) -> None:
+    """Tag IMAGES (files or folders, searched recursively).
 
-    from ..fileio import atomic_file
-    from ..preprocess import iter_image_files
-    from ..tagger import Tagger
-
+    Results are printed (or appended to --output) batch by batch as they are computed.
+    """
     from ..default_model import default_model_path
-
-    from ..preprocess import IMAGE_EXTENSIONS
+    from ..preprocess import IMAGE_EXTENSIONS, iter_image_files
+    from ..tag_output import ResultsFile
     from ..tagger import TagResult
 
     model = model or default_model_path()
@@ -51,33 +53,103 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
                                                 f"({', '.join(sorted(IMAGE_EXTENSIONS))}, searched recursively)")
                      for arg in images if Path(arg).is_dir() and not iter_image_files([arg])]
     files = iter_image_files([arg for arg in images if not (Path(arg).is_dir() and not iter_image_files([arg]))])
-    if not files:
-        _report(empty_folders, as_json, chinese)
+    sources = [str(f) for f in files]
+    with contextlib.ExitStack() as stack:
+        results_file = stack.enter_context(ResultsFile(output)) if output else None
+        report = _Report(as_json, chinese, results_file)
+        if results_file is not None and results_file.recorded:
+            if scores_out:
+                raise click.UsageError(f"--scores-out writes one matrix for every image and cannot resume; {output} "
+                                       "already holds results: give a new --output file, or drop --scores-out")
+            before = len(sources)
+            sources = [s for s in sources if s not in results_file.recorded]
+            empty_folders = [r for r in empty_folders if r.image not in results_file.recorded]
+            report.skipped = before - len(sources)
+        try:
+            if sources:
+                _tag_files(sources, report, model, runtime, device, threads, compute_precision, threshold, top_k,
+                           batch_size, scores_out, no_exif_transpose)
+            for result in empty_folders:
+                report.add(result, None)
+        except KeyboardInterrupt as exc:
+            if results_file is not None:
+                results_file.close()
+                click.echo(f"{'terminated' if getattr(exc, 'exit_code', 130) == 143 else 'interrupted'}: "
+                           f"{len(results_file.recorded) + results_file.written} image(s) are in {output}; run the same "
+                           "command again to tag the rest", err=True)
+                sys.exit(getattr(exc, "exit_code", 130))
+            raise
+        failed = report.finish(output)
+    if failed:
         sys.exit(1)
+
+
+def _tag_files(sources, report, model, runtime, device, threads, compute_precision, threshold, top_k, batch_size,
+               scores_out, no_exif_transpose) -> None:
+    """Tag `sources` batch by batch into `report` (and the probability matrix into `scores_out`)."""
+    from tqdm import tqdm
+
+    from ..fileio import atomic_file
+    from ..tag_output import NpyRowWriter
+    from ..tagger import Tagger
+
     tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads, compute_precision=compute_precision,
                          exif_transpose=not no_exif_transpose)
-    sources = [str(f) for f in files]
-    with tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None, leave=False) as bar:
-        results, probs = tagger.tag_many(sources, batch_size=batch_size, threshold=threshold, top_k=top_k, progress=bar)
-    if scores_out:
-        with atomic_file(scores_out, "wb") as fh:
-            np.save(fh, probs.astype(np.float32))
-    if _report(results + empty_folders, as_json, chinese):
-        sys.exit(1)
+    with contextlib.ExitStack() as stack:
+        scores = None
+        if scores_out:
+            scores = NpyRowWriter(stack.enter_context(atomic_file(scores_out, "wb")), len(sources), len(tagger.tags))
+        bar = stack.enter_context(tqdm(total=len(sources), unit="img", file=sys.stderr, disable=None, leave=False))
+        for result, probs in tagger.iter_tag(sources, batch_size=batch_size, threshold=threshold, top_k=top_k,
+                                             progress=bar):
+            report.add(result, bar)
+            if scores is not None:
+                scores.write(probs)
+        report.flush()
 
 
-def _report(results, as_json: bool, chinese: bool) -> int:
-    """Print results (errors on stderr unless --json); returns how many failed, after saying so."""
-    failed = 0
-    for result in results:
-        if as_json:
-            click.echo(json.dumps(result.to_dict(chinese), ensure_ascii=False))
+class _Report:
+    """Where results go: stdout (human lines or JSON) or the --output file; errors on stderr unless JSON."""
+
+    def __init__(self, as_json: bool, chinese: bool, results_file) -> None:
+        self.as_json, self.chinese, self.file = as_json, chinese, results_file
+        self.total = self.failed = self.skipped = 0
+
+    def add(self, result, bar) -> None:
+        """One image's result, printed above the progress bar."""
+        self.total += 1
+        if self.file is not None:
+            self.file.write(result.to_dict(self.chinese))
+        elif self.as_json:
+            _echo(json.dumps(result.to_dict(self.chinese), ensure_ascii=False), bar)
         elif result.ok:
-            click.echo(_human(result, chinese))
+            _echo(_human(result, self.chinese), bar)
         if not result.ok:
-            failed += 1
-            if not as_json:
-                click.echo(f"error: {result.error}", err=True)
-    if failed:
-        click.echo(f"{failed} of {len(results)} input(s) failed", err=True)
-    return failed
+            self.failed += 1
+            if self.file is not None or not self.as_json:
+                _echo(f"error: {result.error}", bar, err=True)
+        self.flush()  # a killed run keeps every image it reported
+
+    def flush(self) -> None:
+        """Hand the results so far to the OS."""
+        if self.file is not None:
+            self.file.flush()
+        else:
+            sys.stdout.flush()
+
+    def finish(self, output: str | None) -> int:
+        """The summary on stderr; returns how many failed."""
+        self.flush()
+        if self.file is not None:
+            skipped = f"; {self.skipped} already there were skipped" if self.skipped else ""
+            click.echo(f"wrote {self.total} image(s) to {output} ({self.failed} failed){skipped}", err=True)
+        elif self.failed:
+            click.echo(f"{self.failed} of {self.total} input(s) failed", err=True)
+        return self.failed
+
+
+def _echo(line: str, bar, err: bool = False) -> None:
+    if bar is not None and not bar.disable:
+        bar.write(line, file=sys.stderr if err else sys.stdout)
+    else:
+        click.echo(line, err=err)

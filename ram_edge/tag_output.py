@@ -1,0 +1,110 @@
+"""The outputs of tagging a library: a JSON-lines results file that grows as images are tagged and that a rerun
+resumes (the images it holds are skipped; a line cut short by a kill is dropped), and the probability matrix written
+row by row, so that memory stays flat however many images there are."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .dir_lock import try_lock, unlock
+from .errors import InUseError, RamEdgeError
+
+SYNC_EVERY_S = 10.0  # results reach the disk at least this often (every batch reaches the OS at once)
+
+
+class OutputFileError(RamEdgeError):
+    """An output file exists but is not one this command writes."""
+
+
+class ResultsFile:
+    """`path` opened for appending results, with `recorded` (image -> tagged without error) read from what an
+    earlier run left. Held exclusively: a second process on the same file fails at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise OutputFileError(f"output {self.path} is a folder; give a file name, e.g. {self.path / 'tags.jsonl'}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - held until close()
+        if not try_lock(self._fh):
+            self._fh.close()
+            raise InUseError(f"{self.path} is being written by another ram-edge process; wait for it to finish, or give "
+                             "another --output file")
+        try:
+            self.recorded = self._read_recorded()
+        except BaseException:
+            self.close()
+            raise
+        self.written = 0
+        self._synced = time.monotonic()
+
+    def _read_recorded(self) -> dict[str, bool]:
+        self._fh.seek(0)
+        data = self._fh.read()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            # The last line of a run killed while writing it: that image is tagged again.
+            self._fh.truncate(complete)
+        recorded: dict[str, bool] = {}
+        for lineno, line in enumerate(data[:complete].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                recorded[str(obj["image"])] = "error" not in obj
+            except (ValueError, KeyError, TypeError):
+                raise OutputFileError(f"{self.path}:{lineno}: not a line of `ram-edge tag --output` (a JSON object with "
+                                      "\"image\"); give a new file, or the one an earlier run wrote") from None
+        return recorded
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one image's record (flushed by flush())."""
+        self._fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.written += 1
+
+    def flush(self) -> None:
+        """Hand what was written to the OS (it survives a killed process); to the disk every SYNC_EVERY_S."""
+        self._fh.flush()
+        if time.monotonic() - self._synced >= SYNC_EVERY_S:
+            os.fsync(self._fh.fileno())
+            self._synced = time.monotonic()
+
+    def close(self) -> None:
+        """Flush to the disk and release the file."""
+        if self._fh.closed:
+            return
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            unlock(self._fh)
+        finally:
+            self._fh.close()
+
+    def __enter__(self) -> "ResultsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class NpyRowWriter:
+    """A float32 (rows, cols) .npy written row by row into an open binary file (NaN rows for failed images)."""
+
+    def __init__(self, fh: IO[bytes], rows: int, cols: int) -> None:
+        self._fh, self.cols, self.rows, self.done = fh, cols, rows, 0
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, cols)}
+        np.lib.format.write_array_header_1_0(fh, header)
+        self._nan = np.full(cols, np.nan, dtype="<f4").tobytes()
+
+    def write(self, row: np.ndarray | None) -> None:
+        """The next row; None: a NaN row."""
+        if self.done >= self.rows:
+            raise ValueError(f"all {self.rows} rows are written")
+        self._fh.write(self._nan if row is None else np.asarray(row, dtype="<f4").reshape(self.cols).tobytes())
+        self.done += 1
