@@ -43,6 +43,7 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
     Results are printed (or appended to --output) batch by batch as they are computed.
     """
     from ..default_model import default_model_path
+    from ..errors import Terminated
     from ..preprocess import IMAGE_EXTENSIONS, iter_image_files
     from ..tag_output import ResultsFile
     from ..tagger import TagResult
@@ -74,7 +75,7 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
         except KeyboardInterrupt as exc:
             if results_file is not None:
                 results_file.close()
-                click.echo(f"{'terminated' if getattr(exc, 'exit_code', 130) == 143 else 'interrupted'}: "
+                click.echo(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: "
                            f"{len(results_file.recorded) + results_file.written} image(s) are in {output}; run the same "
                            "command again to tag the rest", err=True)
                 sys.exit(getattr(exc, "exit_code", 130))
