@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from .errors import InUseError
+from .fileio import unwritable
 
 LOCK_NAME = ".ram-edge.lock"
 
@@ -67,9 +68,12 @@ def exclusive_directory(path: str | Path, hint: str) -> Iterator[Path]:
     message names the holder and ends with `hint` (what the user can do instead)."""
     path = Path(path)
     created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
     lock = path / LOCK_NAME
-    fh = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole block
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole block
+    except OSError as exc:
+        raise unwritable(path, exc) from None
     try:
         if not try_lock(fh):
             raise InUseError(f"{path} is in use by another ram-edge process ({_holder(fh)}); wait for it to "

@@ -4,6 +4,7 @@ the one UTF-8 text reader whose errors name the file, the line and the fix."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -77,13 +78,42 @@ def remove_stale_partials(path: str | Path) -> list[Path]:
     return cleaned
 
 
+class OutputPathError(RamEdgeError):
+    """An output cannot be created where the user asked for it."""
+
+
+def unwritable(path: str | Path, exc: OSError) -> OutputPathError:
+    """The one-line error for an output that cannot be created at `path` (named, not the temporary file beside it)."""
+    fix = ("free space there or choose another location" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else "choose a location in an existing, writable folder")
+    return OutputPathError(f"cannot write {path}: {exc.strerror or exc}; {fix}")
+
+
+def refuse_special_file(path: Path) -> None:
+    """An output file must be a regular file: replacing /dev/null (as root) or reading /dev/zero would be a disaster."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OutputPathError(f"{path} is a device, pipe or other special file; give the path of a regular file")
+
+
+def _prepare_output(path: Path) -> None:
+    """Create `path`'s folder, or fail with an error naming `path`."""
+    refuse_special_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     """Open a temporary file beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_output(path)
     remove_stale_partials(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -98,12 +128,29 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
         raise
 
 
-def refuse_existing(path: str | Path, overwrite: bool = False) -> None:
-    """Fail early, before long work, when an output exists and may not be replaced."""
-    if Path(path).exists() and not overwrite:
-        from .errors import RamEdgeError
+def check_writable(path: str | Path) -> None:
+    """Fail early, before long work, when an output cannot be created at `path`: its nearest existing folder must take a
+    new file (tried with an empty temporary file, removed at once; nothing else is created)."""
+    path = Path(path).absolute()
+    refuse_special_file(path)
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise unwritable(path, NotADirectoryError(errno.ENOTDIR, f"{existing} is not a folder"))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ram-edge-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
 
+
+def refuse_existing(path: str | Path, overwrite: bool = False) -> None:
+    """Fail early, before long work, when an output exists and may not be replaced, or cannot be written there."""
+    if Path(path).exists() and not overwrite:
         raise RamEdgeError(f"output {path} already exists; choose another path or pass --overwrite")
+    check_writable(path)
 
 
 @contextlib.contextmanager
@@ -111,9 +158,12 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; move it onto `path` only if the block succeeds."""
     path = Path(path)
     refuse_existing(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_output(path)
     remove_stale_partials(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise unwritable(path, exc) from None
     try:
         yield tmp
         # mkdtemp creates 0700; give the result the permissions a plain mkdir would.

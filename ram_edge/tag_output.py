@@ -4,6 +4,7 @@ row by row, so that memory stays flat however many images there are."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import numpy as np
 
 from .dir_lock import try_lock, unlock
 from .errors import InUseError, RamEdgeError
+from .fileio import check_writable, unwritable
 
 SYNC_EVERY_S = 10.0  # results reach the disk at least this often (every batch reaches the OS at once)
 
@@ -30,8 +32,12 @@ class ResultsFile:
         self.path = Path(path)
         if self.path.is_dir():
             raise OutputFileError(f"output {self.path} is a folder; give a file name, e.g. {self.path / 'tags.jsonl'}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - held until close()
+        check_writable(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - held until close()
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
         if not try_lock(self._fh):
             self._fh.close()
             raise InUseError(f"{self.path} is being written by another ram-edge process; wait for it to finish, or give "
@@ -41,7 +47,7 @@ class ResultsFile:
         except BaseException:
             self.close()
             raise
-        self.written = 0
+        self.written = self.flushed = 0  # records written, and how many of them reached the OS
         self._synced = time.monotonic()
 
     def _read_recorded(self) -> dict[str, bool]:
@@ -65,26 +71,41 @@ class ResultsFile:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one image's record (flushed by flush())."""
-        self._fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        try:
+            self._fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        except OSError as exc:  # a full disk: what reached the file stays, a torn last line is dropped on resume
+            raise unwritable(self.path, exc) from None
         self.written += 1
 
     def flush(self) -> None:
         """Hand what was written to the OS (it survives a killed process); to the disk every SYNC_EVERY_S."""
-        self._fh.flush()
-        if time.monotonic() - self._synced >= SYNC_EVERY_S:
-            os.fsync(self._fh.fileno())
-            self._synced = time.monotonic()
+        try:
+            self._fh.flush()
+            self.flushed = self.written
+            if time.monotonic() - self._synced >= SYNC_EVERY_S:
+                os.fsync(self._fh.fileno())
+                self._synced = time.monotonic()
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
 
     def close(self) -> None:
-        """Flush to the disk and release the file."""
+        """Flush to the disk and release the file (closed even when the last flush fails, which is then raised)."""
         if self._fh.closed:
             return
+        error: OSError | None = None
         try:
             self._fh.flush()
             os.fsync(self._fh.fileno())
+        except OSError as exc:
+            error = exc
+        with contextlib.suppress(OSError):
             unlock(self._fh)
-        finally:
-            self._fh.close()
+        try:
+            self._fh.close()  # closes the file even where its flush fails again
+        except OSError as exc:
+            error = error or exc
+        if error is not None:
+            raise unwritable(self.path, error)
 
     def __enter__(self) -> "ResultsFile":
         return self

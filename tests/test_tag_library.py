@@ -156,3 +156,52 @@ def test_stdout_gets_each_result_and_the_scores_match_them(tmp_path):
         else:
             assert {t["score"] for t in line["tags"]} == {round(float(p), 6) for p in row if p > 0.5}
     assert sorted(os.listdir(tmp_path)) == ["photos", "s.npy"]  # no temporary file left beside it
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs: a real full disk (needs root, as in CI's container; skipped elsewhere)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (root needed): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_finishes_it(tmp_path, tiny_disk):
+    library = _library(tmp_path / "photos", 300)
+    out = tiny_disk / "tags.jsonl"
+    full = _tag(library, "-o", out, "--threshold", "0")  # every tag fires: long lines fill 64 KiB
+    assert full.exit_code == 2, full.output
+    kept = len(out.read_bytes().split(b"\n")) - 1  # complete lines
+    assert 0 < kept < 300
+    assert full.stderr.strip() == (f"error: cannot write {out}: No space left on device; free space there or choose "
+                                   f"another location; {kept} image(s) are in {out}; run the same command again to tag "
+                                   "the rest")
+    subprocess.run(["mount", "-o", "remount,size=32m", str(tiny_disk)], check=True)
+    rerun = _tag(library, "-o", out, "--threshold", "0")
+    assert rerun.exit_code == 0 and f"{kept} already there were skipped" in rerun.stderr, rerun.output
+    assert sorted(_records(out)) == sorted(str(p) for p in library.glob("*.png"))
+
+    # Anything else the disk refuses is one line too (exit 1), and no temporary file is left behind.
+    out.unlink()
+    subprocess.run(["mount", "-o", "remount,size=64k", str(tiny_disk)], check=True)
+    scores = _tag(library, "--scores-out", tiny_disk / "s.npy")
+    assert scores.exit_code == 1 and scores.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
+    assert list(tiny_disk.iterdir()) == []
+
+
+def test_outputs_that_cannot_be_written_fail_before_any_work(tmp_path):
+    library = _library(tmp_path / "photos", 2)
+    a_file = library / "00000.png"
+    for args in (("-o", a_file / "tags.jsonl"), ("--scores-out", a_file / "s.npy")):
+        result = _tag(library, *args)
+        assert result.exit_code == 2 and f"cannot write {a_file}" in result.stderr and "is not a folder" in result.stderr
+    for args in (("-o", os.devnull), ("--scores-out", os.devnull)):
+        result = _tag(library, *args)
+        assert result.exit_code == 2 and "special file; give the path of a regular file" in result.stderr
+    assert sorted(p.name for p in library.iterdir()) == ["00000.png", "00001.png"]

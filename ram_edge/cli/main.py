@@ -1,7 +1,7 @@
 """`ram-edge` command line: a thin group that wires one module per command.
 
-User errors (`RamEdgeError`) become one line on stderr and exit code 2; set RAM_EDGE_DEBUG=1 to
-see the traceback.
+User errors (`RamEdgeError`) become one line on stderr and exit code 2, errors of the machine (`OSError`: a full
+disk, a permission) one line and exit code 1; set RAM_EDGE_DEBUG=1 to see the traceback.
 """
 
 from __future__ import annotations
@@ -76,6 +76,14 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt as exc:
             click.echo("terminated" if isinstance(exc, Terminated) else "interrupted", err=True)
             ctx.exit(getattr(exc, "exit_code", 130))
+        except OSError as exc:
+            # The machine, not ram-edge: a full disk, a vanished network mount, a permission. One line, as for user
+            # errors; a closed stdout (`| head`) is left to Python's quiet handling.
+            if os.environ.get("RAM_EDGE_DEBUG") or isinstance(exc, BrokenPipeError):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}; RAM_EDGE_DEBUG=1 shows where it happened", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

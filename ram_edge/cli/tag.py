@@ -44,6 +44,7 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
     """
     from ..default_model import default_model_path
     from ..errors import Terminated
+    from ..fileio import OutputPathError, check_writable
     from ..preprocess import IMAGE_EXTENSIONS, iter_image_files
     from ..tag_output import ResultsFile
     from ..tagger import TagResult
@@ -55,6 +56,8 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
                      for arg in images if Path(arg).is_dir() and not iter_image_files([arg])]
     files = iter_image_files([arg for arg in images if not (Path(arg).is_dir() and not iter_image_files([arg]))])
     sources = [str(f) for f in files]
+    if scores_out:
+        check_writable(scores_out)  # before the model loads and the images are tagged
     with contextlib.ExitStack() as stack:
         results_file = stack.enter_context(ResultsFile(output)) if output else None
         report = _Report(as_json, chinese, results_file)
@@ -72,14 +75,16 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
                            batch_size, scores_out, no_exif_transpose)
             for result in empty_folders:
                 report.add(result, None)
-        except KeyboardInterrupt as exc:
-            if results_file is not None:
+        except (KeyboardInterrupt, OutputPathError) as exc:
+            if results_file is None:
+                raise
+            kept = len(results_file.recorded) + results_file.flushed
+            with contextlib.suppress(OutputPathError):
                 results_file.close()
-                click.echo(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: "
-                           f"{len(results_file.recorded) + results_file.written} image(s) are in {output}; run the same "
-                           "command again to tag the rest", err=True)
-                sys.exit(getattr(exc, "exit_code", 130))
-            raise
+            what = (f"error: {exc};" if isinstance(exc, OutputPathError)
+                    else "terminated:" if isinstance(exc, Terminated) else "interrupted:")
+            click.echo(f"{what} {kept} image(s) are in {output}; run the same command again to tag the rest", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
         failed = report.finish(output)
     if failed:
         sys.exit(1)
