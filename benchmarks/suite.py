@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ram_edge.errors import ConfigError, RamEdgeError
-from ram_edge.fileio import atomic_file
+from ram_edge.fileio import atomic_file, check_writable
 
 from .harness import cpu_features, log, map_on_tag_names, roofline_in_subprocess, run_cli
 
@@ -152,6 +152,8 @@ class Suite:
 
     def __init__(self, config: SuiteConfig, workdir: Path, report_dir: Path, *, command: str = "") -> None:
         self.config, self.workdir, self.report_dir, self.command = config, Path(workdir), Path(report_dir), command
+        check_writable(self.report_dir / "report.md")  # not after hours of cells
+        check_writable(self.workdir / "model")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.models = {m.name: m for m in config.models}
         self.checkpoints: dict[str, Path] = {}

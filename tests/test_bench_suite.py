@@ -113,6 +113,12 @@ def test_suite_config_errors(tmp_path):
             SuiteConfig.load(path)
     result = CliRunner().invoke(cli, ["bench", "--suite", str(path), "some-model"])
     assert result.exit_code == 2 and "not both" in result.output
+    # A report folder that cannot be made is said before hours of cells, not after.
+    path.write_text(json.dumps({"name": "x", "models": [{"name": "m", "source": "default"}]}))
+    result = CliRunner().invoke(cli, ["bench", "--suite", str(path), "-o", str(path / "reports"), "--workdir",
+                                      str(tmp_path / "work")])
+    assert result.exit_code == 2 and f"cannot write {path / 'reports' / 'report.md'}" in result.stderr
+    assert not (tmp_path / "work").exists()
 
 
 def test_fp16_export_of_a_one_layer_decoder(micro_checkpoint, tmp_path):
