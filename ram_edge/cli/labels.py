@@ -21,9 +21,11 @@ def labels() -> None:
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Label TSV to write (atomically).")
 def build(captions_file, top_n, synonyms, candidates, min_count, no_wordnet, jsonl, output) -> None:
     """Propose the TOP_N most frequent tags of CAPTIONS_FILE and write them as a label TSV."""
+    from ram_edge.fileio import check_writable
     from ram_edge.training.label_system import LabelSystem, build_label_system
     from ram_edge.training.parse import _progress, iter_captions
 
+    check_writable(output)  # before counting a large caption file
     cand = LabelSystem.load(candidates) if candidates is not None else None
     system = build_label_system(
         _progress(iter_captions(captions_file, jsonl or None), "count"),
