@@ -76,8 +76,8 @@ def exclusive_directory(path: str | Path, hint: str) -> Iterator[Path]:
         raise unwritable(path, exc) from None
     try:
         if not try_lock(fh):
-            raise InUseError(f"{path} is in use by another ram-edge process ({_holder(fh)}); wait for it to "
-                                     f"finish, or {hint}")
+            raise InUseError(f"{path} is in use by another ram-edge process ({_holder(fh)}); wait for it to finish, "
+                             f"or {hint}")
         try:
             fh.seek(0)
             fh.truncate()

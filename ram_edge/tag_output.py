@@ -20,6 +20,10 @@ from .fileio import check_writable, unwritable
 SYNC_EVERY_S = 10.0  # results reach the disk at least this often (every batch reaches the OS at once)
 
 
+# How every record begins (TagResult.to_dict puts "image" first): a torn last line is recognised by it.
+RECORD_START = b'{"image": '
+
+
 class OutputFileError(RamEdgeError):
     """An output file exists but is not one this command writes."""
 
@@ -54,20 +58,28 @@ class ResultsFile:
         self._fh.seek(0)
         data = self._fh.read()
         complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            # The last line of a run killed while writing it: that image is tagged again.
-            self._fh.truncate(complete)
+        lines = data[:complete].splitlines()
         recorded: dict[str, bool] = {}
-        for lineno, line in enumerate(data[:complete].splitlines(), 1):
+        for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
                 recorded[str(obj["image"])] = "error" not in obj
             except (ValueError, KeyError, TypeError):
-                raise OutputFileError(f"{self.path}:{lineno}: not a line of `ram-edge tag --output` (a JSON object with "
-                                      "\"image\"); give a new file, or the one an earlier run wrote") from None
+                raise self._not_ours(lineno) from None
+        if complete < len(data):
+            tail = data[complete:]
+            if not (tail.startswith(RECORD_START) or RECORD_START.startswith(tail)):
+                raise self._not_ours(len(lines) + 1)
+            # The last line of a run killed while writing it: dropped, and that image is tagged again. Only after
+            # every other line proved the file ours: nothing of a user's other file is ever cut.
+            self._fh.truncate(complete)
         return recorded
+
+    def _not_ours(self, lineno: int) -> OutputFileError:
+        return OutputFileError(f"{self.path}:{lineno}: not a line of `ram-edge tag --output` (a JSON object with "
+                               "\"image\"); give a new file, or the one an earlier run wrote")
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one image's record (flushed by flush())."""

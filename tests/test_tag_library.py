@@ -76,6 +76,10 @@ def test_bad_output_files_are_one_line_errors_that_change_nothing(tmp_path):
     result = _tag(library, "-o", notes)
     assert result.exit_code == 2 and f"{notes}:1: not a line of `ram-edge tag --output`" in result.stderr
     assert notes.read_text() == "my shopping list\n"
+    notes.write_text('{"image": "a.png", "tags": []}\nmilk, eggs')  # ours but for a last line without its newline
+    result = _tag(library, "-o", notes)
+    assert result.exit_code == 2 and f"{notes}:2: not a line" in result.stderr
+    assert notes.read_text() == '{"image": "a.png", "tags": []}\nmilk, eggs'  # nothing cut
 
     out = tmp_path / "tags.jsonl"
     assert _tag(library / "00000.png", "-o", out).exit_code == 0
