@@ -37,6 +37,7 @@ class ResultsFile:
         if self.path.is_dir():
             raise OutputFileError(f"output {self.path} is a folder; give a file name, e.g. {self.path / 'tags.jsonl'}")
         check_writable(self.path)
+        self._created = not self.path.exists()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - held until close()
@@ -110,6 +111,9 @@ class ResultsFile:
             os.fsync(self._fh.fileno())
         except OSError as exc:
             error = exc
+        if self._created and error is None and self.path.stat().st_size == 0:
+            # A run that failed before its first image (a bad --model) leaves no empty file behind.
+            self.path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             unlock(self._fh)
         try:

@@ -90,6 +90,8 @@ def test_bad_output_files_are_one_line_errors_that_change_nothing(tmp_path):
 
     result = _tag(library, "-o", tmp_path)
     assert result.exit_code == 2 and "is a directory" in result.stderr
+    result = _tag(library, "-o", tmp_path / "new.jsonl", "--model", tmp_path / "no-such-model")
+    assert result.exit_code == 2 and not (tmp_path / "new.jsonl").exists()  # no empty file left behind
     with pytest.raises(OutputFileError, match="is a folder; give a file name"):
         ResultsFile(tmp_path)
 
@@ -97,10 +99,12 @@ def test_bad_output_files_are_one_line_errors_that_change_nothing(tmp_path):
 def test_a_second_tagger_on_the_same_output_file_is_refused(tmp_path):
     library = _library(tmp_path / "photos", 2)
     out = tmp_path / "tags.jsonl"
-    with ResultsFile(out):
+    with ResultsFile(out) as holder:
+        holder.write({"image": "elsewhere.png", "tags": []})
+        holder.flush()
         result = _tag(library, "-o", out)
     assert result.exit_code == 2 and "is being written by another ram-edge process" in result.stderr
-    assert out.read_text() == ""
+    assert out.read_text() == '{"image": "elsewhere.png", "tags": []}\n'  # the refused run wrote nothing
 
 
 @pytest.mark.slow
