@@ -18,7 +18,7 @@ import torch
 
 from ..config import HeadConfig, ModelConfig, PreprocessConfig, SwinConfig
 from ..errors import CheckpointError, ConfigError, LabelError
-from ..fileio import sha256_file
+from ..fileio import refuse_existing, sha256_file
 from ..labels import LabelSet
 from .checkpoint import save_checkpoint
 from .ram import build_model
@@ -219,6 +219,7 @@ def convert_official(
     overwrite: bool = False,
 ) -> ConversionReport:
     """Convert an official `.pth` plus its tag files into a checkpoint directory (all or nothing)."""
+    refuse_existing(out_dir, overwrite)  # before reading a 3 GB checkpoint
     labels_probe = LabelSet.from_files(tags, tags_zh, thresholds)
     state = read_official_state_dict(checkpoint)
     config = infer_config(state, num_tags=len(labels_probe.tags), family=family, image_size=image_size, head_heads=head_heads)
