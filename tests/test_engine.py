@@ -269,6 +269,34 @@ def test_resumed_cleaning_equals_an_uninterrupted_run(tmp_path):
     assert not work.exists()
 
 
+def test_resumed_generation_equals_an_uninterrupted_run(tmp_path):
+    """Generated tags and captions are kept per shard of images: a run stopped after its first shard resumes from it
+    and writes what an uninterrupted run writes."""
+    data = _shapes_dataset(tmp_path / "data", count=10)
+    model = _tiny_checkpoint(tmp_path / "model", np.full(len(WORDS), 0.45, np.float32), captioning=True)
+    options = GenerateOptions(captions="on", shard_size=4, batch_size=3)
+    work = tmp_path / "work"
+    full = generate(data, model, tmp_path / "full", options=options, runtime="torch", work_dir=work, keep_work=True,
+                    progress=False)
+    assert full["tags_added"] > 0
+    shards = sorted(work.glob("shard-*.json"))
+    assert len(shards) == 3
+    first = shards[0].stat().st_mtime_ns
+    for later in shards[1:]:
+        later.unlink()  # as if the run had been stopped after its first shard
+    generate(data, model, tmp_path / "resumed", options=options, runtime="torch", work_dir=work, keep_work=True,
+             progress=False)
+    assert shards[0].stat().st_mtime_ns == first  # reused, not recomputed
+    for name in ("annotations.jsonl", "labels.tsv"):
+        assert (tmp_path / "full" / name).read_text() == (tmp_path / "resumed" / name).read_text()
+    assert all(row["generated_captions"] for row in _rows(tmp_path / "full"))
+    with pytest.raises(ConfigError, match="another run's shards"):  # other options with the same work folder
+        generate(data, model, tmp_path / "other", options=GenerateOptions(captions="on", shard_size=4, margin=0.1),
+                 runtime="torch", work_dir=work, progress=False)
+    generate(data, model, tmp_path / "again", options=options, runtime="torch", work_dir=work, progress=False)
+    assert not work.exists()  # without keep_work the shards go once the output is written
+
+
 def test_engine_cli_end_to_end_and_errors(tmp_path):
     data = _shapes_dataset(tmp_path / "data", count=5)
     model = _tiny_checkpoint(tmp_path / "model")

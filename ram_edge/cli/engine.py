@@ -60,16 +60,21 @@ def _report(summary: dict, as_json: bool, out: str) -> None:
 @click.option("--runtime", default="auto", show_default=True, help="Backend for tagging: auto, torch, ort, openvino, trt.")
 @click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per resumable shard.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Where finished shards are kept; re-running the same command resumes from them [default: OUTPUT.engine-work].")
+@click.option("--restart", is_flag=True, help="Discard the shards in --work-dir and start again.")
+@click.option("--keep-work", is_flag=True, help="Keep --work-dir after success.")
 @_data_options
-def generate(data, model, output, tags_from, margin, threshold, captions, runtime, device, batch_size, image_root, labels,
-             overwrite, as_json) -> None:
+def generate(data, model, output, tags_from, margin, threshold, captions, runtime, device, batch_size, shard_size, work_dir,
+             restart, keep_work, image_root, labels, overwrite, as_json) -> None:
     """Add the tags MODEL predicts with confidence (and parsed generated captions) to DATA's annotations."""
     from ram_edge.training.engine.generate import GenerateOptions, generate as run
 
     options = GenerateOptions(tags_from=tags_from, margin=margin, threshold=threshold, batch_size=batch_size,
-                              captions="auto" if captions is None else "on" if captions else "off")
+                              shard_size=shard_size, captions="auto" if captions is None else "on" if captions else "off")
     summary = run(data, model, output, labels=labels, options=options, runtime=runtime, device=device, image_root=image_root,
-                  overwrite=overwrite)
+                  overwrite=overwrite, work_dir=work_dir, restart=restart, keep_work=keep_work)
     _report(summary, as_json, output)
 
 

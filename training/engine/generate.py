@@ -3,6 +3,8 @@ captions from its caption decoder parsed into tags, to each image's original ann
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,7 +14,9 @@ import numpy as np
 
 from ram_edge.errors import ConfigError, RamEdgeError
 
-from .records import ORIGINAL_SOURCES, Record, read_records, start_tags, write_output
+from .records import ORIGINAL_SOURCES, Record, annotation_file, read_records, start_tags, write_output
+
+SHARD_SUFFIX = ".json"
 
 
 
@@ -26,6 +30,7 @@ class GenerateOptions:
     captions: str = "auto"  # "auto": where the checkpoint can caption; "on": required; "off"
     max_caption_tokens: int = 30
     batch_size: int = 32
+    shard_size: int = 1000  # images per resumable shard
 
     def __post_init__(self) -> None:
         if self.captions not in ("auto", "on", "off"):
@@ -34,8 +39,8 @@ class GenerateOptions:
             raise ConfigError(f"threshold {self.threshold} must be between 0 and 1")
         if not -1.0 < self.margin < 1.0:
             raise ConfigError(f"margin {self.margin} must be between -1 and 1")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size {self.batch_size} must be at least 1")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ConfigError(f"batch size {self.batch_size} and shard size {self.shard_size} must be at least 1")
 
 
 def generation_thresholds(model_thresholds: np.ndarray, options: GenerateOptions) -> np.ndarray:
@@ -54,15 +59,18 @@ def load_label_system(labels: str | Path | None, tags: list[str]):
 
 def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: str | Path | None = None,
              options: GenerateOptions | None = None, runtime: str = "auto", device: str | None = None, image_root: str | Path | None = None,
-             overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Write OUT/annotations.jsonl: DATA's annotations plus the model's confident tags and parsed captions."""
+             overwrite: bool = False, progress: bool = True, work_dir: str | Path | None = None, restart: bool = False,
+             keep_work: bool = False) -> dict[str, Any]:
+    """Write OUT/annotations.jsonl: DATA's annotations plus the model's confident tags and parsed captions
+    (resumable through work_dir: each shard of images is kept there once done)."""
     from tqdm import tqdm
 
-    from ram_edge.fileio import refuse_existing
+    from ram_edge.fileio import atomic_file, refuse_existing
     from ram_edge.tagger import Tagger
 
     from ..parse import TagParser
     from .captioner import captioning_status, load_captioner
+    from .shards import ShardDir, fingerprint, shard_ranges
 
     options = options or GenerateOptions()
     out = Path(out)
@@ -86,30 +94,79 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
             caption_note = f"no captions generated: {why}"
             print(f"note: {caption_note}", file=sys.stderr)
     parser = TagParser(system) if captioner is not None else None
-    names = tagger.tags
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".engine-work")
+    # The runtime is part of the run: onnxruntime and torch differ in the last bits, which can move a tag across its
+    # threshold, and one output should not mix both.
+    run_options = {**asdict(options), "labels": str(labels), "runtime": tagger.runtime.name, "captions": captioner is not None}
+    shards = ShardDir(work, fingerprint([annotation_file(data), *_model_files(model)], run_options), restart=restart)
     failed: list[dict[str, str]] = []
     bar = tqdm(total=len(records), desc="generate", unit="img", file=sys.stderr, disable=None if progress else True)
     with bar:
-        for start in range(0, len(records), options.batch_size):
-            chunk = records[start:start + options.batch_size]
-            good, pixels = _load(tagger, chunk, failed)
-            if good:
-                batch = np.stack(pixels)
-                probs = tagger.predict(batch)
-                for rec, row in zip(good, probs):
-                    for i in np.flatnonzero(row >= thresholds):
-                        rec.add(names[i], "generated_tag")
-                if captioner is not None:
-                    for rec, text in zip(good, captioner.caption(batch, [r.tags for r in good])):
-                        rec.row["generated_captions"] = [text]
-                        rec.captions.append(text)
-                        for i in parser.parse(text):
-                            rec.add(system.tags[i], "generated_caption")
-            bar.update(len(chunk))
+        for number, (start, end) in enumerate(shard_ranges(len(records), options.shard_size)):
+            path = shards.shard_path(number, SHARD_SUFFIX)
+            if shards.done(number, SHARD_SUFFIX):
+                part = json.loads(path.read_text(encoding="utf-8"))
+                for entry in part["records"]:
+                    _apply(records[entry["i"]], entry, "tags")
+                    _apply(records[entry["i"]], entry, "caption")
+                bar.update(end - start)
+            else:
+                part = _generate_shard(records, start, end, tagger, thresholds, captioner, parser, system, options, bar)
+                with atomic_file(path, "w") as fh:
+                    json.dump(part, fh)
+            failed.extend(part["failed"])
     tagger.close()
     summary = _summary(records, originals, failed, options, model, caption_note)
     write_output(out, records, system, summary, overwrite=overwrite)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def _model_files(model: str | Path) -> list[Path]:
+    """The files that make the model (a checkpoint's or bundle's top-level files): what a resumed run must share."""
+    path = Path(model)
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+
+
+def _generate_shard(records: list[Record], start: int, end: int, tagger, thresholds: np.ndarray, captioner, parser, system,
+                    options: GenerateOptions, bar) -> dict[str, Any]:
+    """Records [start, end): generated tags and captions, applied to the records and returned for the shard file."""
+    names = tagger.tags
+    entries: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for first in range(start, end, options.batch_size):
+        chunk = list(range(first, min(first + options.batch_size, end)))
+        good, pixels = _load(tagger, [records[i] for i in chunk], failed)
+        if good:
+            loaded = {id(rec) for rec in good}
+            positions = [i for i in chunk if id(records[i]) in loaded]
+            batch = np.stack(pixels)
+            probs = tagger.predict(batch)
+            found = [{"i": i, "tags": [names[t] for t in np.flatnonzero(row >= thresholds)]} for i, row in zip(positions, probs)]
+            for entry in found:
+                _apply(records[entry["i"]], entry, "tags")
+            if captioner is not None:
+                texts = captioner.caption(batch, [records[i].tags for i in positions])
+                for entry, text in zip(found, texts):
+                    entry["caption"] = text
+                    entry["caption_tags"] = [system.tags[t] for t in parser.parse(text)]
+                    _apply(records[entry["i"]], entry, "caption")
+            entries.extend(found)
+        bar.update(len(chunk))
+    return {"records": entries, "failed": failed}
+
+
+def _apply(rec: Record, entry: dict[str, Any], part: str) -> None:
+    """Add one record's generated tags ("tags"), or its generated caption and the tags parsed from it ("caption")."""
+    if part == "tags":
+        for tag in entry["tags"]:
+            rec.add(tag, "generated_tag")
+    elif "caption" in entry:
+        rec.row["generated_captions"] = [entry["caption"]]
+        rec.captions.append(entry["caption"])
+        for tag in entry["caption_tags"]:
+            rec.add(tag, "generated_caption")
 
 
 def _load(tagger, chunk: list[Record], failed: list[dict[str, str]]) -> tuple[list[Record], list[np.ndarray]]:
