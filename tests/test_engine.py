@@ -323,3 +323,15 @@ def test_clean_on_a_missing_cuda_device_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="CUDA is not available"):
         clean(data, DEFAULT_CHECKPOINT, data, tmp_path / "out", device="cuda", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_work_folder_another_process_holds_is_refused(tmp_path):
+    from ram_edge.dir_lock import exclusive_directory
+    from ram_edge.errors import InUseError
+
+    data = _shapes_dataset(tmp_path / "data", count=2)
+    with exclusive_directory(tmp_path / "work", "x"):
+        with pytest.raises(InUseError, match="pass another --work-dir"):
+            generate(data, DEFAULT_CHECKPOINT, tmp_path / "out", work_dir=tmp_path / "work", runtime="torch",
+                     options=GenerateOptions(captions="off"), progress=False)
+    assert not (tmp_path / "out").exists()

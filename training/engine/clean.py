@@ -221,6 +221,7 @@ def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | P
     """Write OUT/annotations.jsonl: DATA without the tags its regions contradict (resumable through work_dir)."""
     from tqdm import tqdm
 
+    from ram_edge.dir_lock import exclusive_directory
     from ram_edge.fileio import atomic_file, refuse_existing
 
     from .generate import load_label_system
@@ -239,18 +240,19 @@ def clean(data: str | Path, model: str | Path, regions: str | Path, out: str | P
     inputs = [annotation_file(data), Path(regions) if Path(regions).is_file() else annotation_file(regions),
               embedder.info.weights_path]
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".engine-work")
-    shards = ShardDir(work, fingerprint(inputs, {**asdict(options), "labels": str(labels)}), restart=restart)
-    ranges = shard_ranges(len(records), options.shard_size)
-    bar = tqdm(total=len(records), desc="clean: embed regions", unit="img", file=sys.stderr, disable=None if progress else True)
-    with bar:
-        for number, (start, end) in enumerate(ranges):
-            if shards.done(number, SHARD_SUFFIX):
-                bar.update(end - start)
-                continue
-            shard_failed: list[dict[str, str]] = []
-            part = embed_shard(records[start:end], index, embedder, options, tag_ids, shard_failed, bar)
-            with atomic_file(shards.shard_path(number, SHARD_SUFFIX)) as fh:
-                np.savez(fh, **part, failed=np.asarray(json.dumps(shard_failed)))
+    with exclusive_directory(work, "pass another --work-dir"):  # one process per work folder
+        shards = ShardDir(work, fingerprint(inputs, {**asdict(options), "labels": str(labels)}), restart=restart)
+        ranges = shard_ranges(len(records), options.shard_size)
+        bar = tqdm(total=len(records), desc="clean: embed regions", unit="img", file=sys.stderr, disable=None if progress else True)
+        with bar:
+            for number, (start, end) in enumerate(ranges):
+                if shards.done(number, SHARD_SUFFIX):
+                    bar.update(end - start)
+                    continue
+                shard_failed: list[dict[str, str]] = []
+                part = embed_shard(records[start:end], index, embedder, options, tag_ids, shard_failed, bar)
+                with atomic_file(shards.shard_path(number, SHARD_SUFFIX)) as fh:
+                    np.savez(fh, **part, failed=np.asarray(json.dumps(shard_failed)))
     parts = [np.load(shards.shard_path(n, SHARD_SUFFIX)) for n in range(len(ranges))]
     merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in ("record", "tag", "embed", "prob")}
     failed = [f for p in parts for f in json.loads(str(p["failed"]))]

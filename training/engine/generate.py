@@ -65,6 +65,7 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
     (resumable through work_dir: each shard of images is kept there once done)."""
     from tqdm import tqdm
 
+    from ram_edge.dir_lock import exclusive_directory
     from ram_edge.fileio import atomic_file, refuse_existing
     from ram_edge.tagger import Tagger
 
@@ -98,23 +99,24 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
     # The runtime is part of the run: onnxruntime and torch differ in the last bits, which can move a tag across its
     # threshold, and one output should not mix both.
     run_options = {**asdict(options), "labels": str(labels), "runtime": tagger.runtime.name, "captions": captioner is not None}
-    shards = ShardDir(work, fingerprint([annotation_file(data), *_model_files(model)], run_options), restart=restart)
-    failed: list[dict[str, str]] = []
-    bar = tqdm(total=len(records), desc="generate", unit="img", file=sys.stderr, disable=None if progress else True)
-    with bar:
-        for number, (start, end) in enumerate(shard_ranges(len(records), options.shard_size)):
-            path = shards.shard_path(number, SHARD_SUFFIX)
-            if shards.done(number, SHARD_SUFFIX):
-                part = json.loads(path.read_text(encoding="utf-8"))
-                for entry in part["records"]:
-                    _apply(records[entry["i"]], entry, "tags")
-                    _apply(records[entry["i"]], entry, "caption")
-                bar.update(end - start)
-            else:
-                part = _generate_shard(records, start, end, tagger, thresholds, captioner, parser, system, options, bar)
-                with atomic_file(path, "w") as fh:
-                    json.dump(part, fh)
-            failed.extend(part["failed"])
+    with exclusive_directory(work, "pass another --work-dir"):  # one process per work folder
+        shards = ShardDir(work, fingerprint([annotation_file(data), *_model_files(model)], run_options), restart=restart)
+        failed: list[dict[str, str]] = []
+        bar = tqdm(total=len(records), desc="generate", unit="img", file=sys.stderr, disable=None if progress else True)
+        with bar:
+            for number, (start, end) in enumerate(shard_ranges(len(records), options.shard_size)):
+                path = shards.shard_path(number, SHARD_SUFFIX)
+                if shards.done(number, SHARD_SUFFIX):
+                    part = json.loads(path.read_text(encoding="utf-8"))
+                    for entry in part["records"]:
+                        _apply(records[entry["i"]], entry, "tags")
+                        _apply(records[entry["i"]], entry, "caption")
+                    bar.update(end - start)
+                else:
+                    part = _generate_shard(records, start, end, tagger, thresholds, captioner, parser, system, options, bar)
+                    with atomic_file(path, "w") as fh:
+                        json.dump(part, fh)
+                failed.extend(part["failed"])
     tagger.close()
     summary = _summary(records, originals, failed, options, model, caption_note)
     write_output(out, records, system, summary, overwrite=overwrite)
