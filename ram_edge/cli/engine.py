@@ -28,6 +28,17 @@ def _data_options(func):
     return func
 
 
+def _shard_options(func):
+    func = click.option("--keep-work", is_flag=True, help="Keep --work-dir after success.")(func)
+    func = click.option("--restart", is_flag=True, help="Discard the shards in --work-dir and start again.")(func)
+    func = click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+                        help="Where finished shards are kept; re-running the same command resumes from them "
+                             "[default: OUTPUT.engine-work].")(func)
+    func = click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+                        help="Images per resumable shard.")(func)
+    return func
+
+
 def _report(summary: dict, as_json: bool, out: str) -> None:
     if as_json:
         click.echo(json.dumps(summary))
@@ -60,11 +71,7 @@ def _report(summary: dict, as_json: bool, out: str) -> None:
 @click.option("--runtime", default="auto", show_default=True, help="Backend for tagging: auto, torch, ort, openvino, trt.")
 @click.option("--device", default=None, help="Device for the runtime (e.g. cpu, cuda, cuda:1, GPU).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per resumable shard.")
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Where finished shards are kept; re-running the same command resumes from them [default: OUTPUT.engine-work].")
-@click.option("--restart", is_flag=True, help="Discard the shards in --work-dir and start again.")
-@click.option("--keep-work", is_flag=True, help="Keep --work-dir after success.")
+@_shard_options
 @_data_options
 def generate(data, model, output, tags_from, margin, threshold, captions, runtime, device, batch_size, shard_size, work_dir,
              restart, keep_work, image_root, labels, overwrite, as_json) -> None:
@@ -102,11 +109,7 @@ def generate(data, model, output, tags_from, margin, threshold, captions, runtim
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Ignore regions with a lower detector score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Crops per forward pass.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the image encoder (cpu, cuda, cuda:1).")
-@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True, help="Images per resumable shard.")
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Where finished shards are kept; re-running the same command resumes from them [default: OUTPUT.engine-work].")
-@click.option("--restart", is_flag=True, help="Discard the shards in --work-dir and start again.")
-@click.option("--keep-work", is_flag=True, help="Keep --work-dir after success.")
+@_shard_options
 @_data_options
 def clean(data, model, regions, output, tags_from, outlier_fraction, clusters, min_regions, region_check, region_threshold,
           unlocated, context, min_score, batch_size, device, shard_size, work_dir, restart, keep_work, image_root, labels, overwrite, as_json) -> None:
