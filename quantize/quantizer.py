@@ -25,16 +25,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ram_edge.checkpoint_dir import CONFIG_FILE, WEIGHTS_FILE, CheckpointInfo, is_quantized, write_checkpoint_config
+from ram_edge.checkpoint_dir import WEIGHTS_FILE, CheckpointInfo, is_quantized, write_checkpoint_config
 from ram_edge.errors import CheckpointError, QuantizeError
 from ram_edge.export.writer import _versions
 from ram_edge.fileio import atomic_dir
 
 from .calibration import CalibrationData
 from .config import QuantizeConfig
+from .nncf_kernels import prepare_nncf_kernels
 
 QUANTIZED_FILE = "quantized.safetensors"
 NNCF_CONFIG_FILE = "nncf_config.json"
@@ -154,6 +154,7 @@ def _quantize(graph: torch.nn.Module, cfg: QuantizeConfig, calib: CalibrationDat
         if calib is None:
             raise QuantizeError("post-training quantization needs calibration images: pass --calib DATA")
         dataset = nncf.Dataset([torch.from_numpy(image[None]) for image in calib.images])
+        prepare_nncf_kernels()  # bias correction runs the fake-quantized graph
         quantized = nncf.quantize(
             graph, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib.images),
             fast_bias_correction=cfg.fast_bias_correction, ignored_scope=_ignored_scope(cfg),
@@ -175,6 +176,8 @@ def load_quantized(path: str | Path) -> tuple[torch.nn.Module, CheckpointInfo]:
     # NNCF builds and loads its C++ kernels on the first quantized forward, printing on stdout: do it here.
     size = info.config.preprocess.image_size
     with nncf_output_to_stderr(), torch.no_grad():
+        if QuantizeConfig.from_dict(info.source["quantization"]["config"]).method != "weights":
+            prepare_nncf_kernels()
         quantized(torch.zeros(1, 3, size, size))
     return quantized, info
 

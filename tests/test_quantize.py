@@ -370,6 +370,27 @@ def test_int8_export_through_the_cli_prints_no_dependency_chatter(ptq_checkpoint
     assert noise == []
 
 
+def test_a_kernel_load_killed_midway_does_not_block_later_runs(micro, ptq_checkpoint):
+    """torch loads NNCF's kernels under a lock file that only a finished load removes: a process killed while loading
+    leaves it, and every later run waited NNCF's timeout and failed. The file is what torch's FileBaton leaves (an empty
+    `lock` in the build folder); ram-edge removes it under its own OS lock and loads."""
+    import os
+    import subprocess
+    import sys
+
+    from nncf.torch.quantization.extensions import QuantizedFunctionsCPULoader
+
+    stale = Path(QuantizedFunctionsCPULoader.get_build_dir()) / "lock"
+    stale.touch()
+    image = sorted((micro["images"] / "album").glob("*.png"))[0]
+    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "tag", str(image), "--model", str(ptq_checkpoint),
+                           "--runtime", "torch", "--json"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NNCF_EXTENSION_LOAD_TIMEOUT": "60"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"note: removed {stale}" in proc.stderr and not stale.exists()
+    assert json.loads(proc.stdout)["image"] == str(image)
+
+
 def test_int8_bundle_runtime_path_imports_no_torch(ptq_checkpoint, micro, tmp_path):
     import subprocess
     import sys
