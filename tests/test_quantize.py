@@ -572,6 +572,30 @@ def test_qat_refuses_a_run_dir_another_process_works_in(micro, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_a_terminated_qat_run_names_its_last_checkpoint_and_resumes(micro, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, run_dir = tmp_path / "q", tmp_path / "q.qat-run"
+    command = [sys.executable, "-m", "ram_edge.cli.main", "quantize", str(micro["checkpoint"]), "-o", str(out),
+               "--method", "qat", "--calib", str(micro["images"]), "--steps", "100000"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not latest.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"terminated; the last QAT checkpoint is {run_dir / 'checkpoints' / 'step-'}"), line
+    assert line.endswith("run the same command again to resume from it") and not out.exists()
+
+
 def test_qat_tagging_loss_needs_tags_that_match_the_label_set(micro, tmp_path):
     (tmp_path / "q.yaml").write_text(QAT_CONFIG.replace("  hflip: false\n", "  hflip: false\n  tagging_weight: 1.0\n"))
     data = tmp_path / "data"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 import click
 
@@ -62,7 +63,12 @@ def quantize(model, output, method, calib, calib_size, steps, run_dir, stop_at, 
     if cfg.method == "qat":
         from ..quantize.qat import quantization_aware_training
 
-        quantization_aware_training(model, output, cfg, calib, data, run_dir=run_dir, overwrite=overwrite, stop_at=stop_at)
+        try:
+            quantization_aware_training(model, output, cfg, calib, data, run_dir=run_dir, overwrite=overwrite,
+                                        stop_at=stop_at)
+        except KeyboardInterrupt as exc:
+            click.echo(_qat_interrupted(exc, run_dir or f"{output}.qat-run"), err=True)
+            sys.exit(getattr(exc, "exit_code", 130))
         if not os.path.isdir(output):  # stopped early with --stop-at: the run resumes
             return
         record = read_checkpoint_dir(output).source["quantization"]
@@ -78,6 +84,22 @@ def quantize(model, output, method, calib, calib_size, steps, run_dir, stop_at, 
     if cfg.method == "qat":
         what += f", then {record['qat']['steps']} QAT steps"
     click.echo(f"wrote {output}: {cfg.method} ({what}); export it with `ram-edge export {output} -o BUNDLE` or run it with --runtime torch")
+
+
+def _qat_interrupted(exc: KeyboardInterrupt, run_dir: str) -> str:
+    """Where an interrupted QAT run stands and how it goes on."""
+    from pathlib import Path
+
+    from ..errors import Terminated
+    from ..training.loop import latest_checkpoint
+
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is None:
+        return f"{what} before the first QAT checkpoint; running the same command again starts QAT over from {run_dir}"
+    step = int(ckpt.name.rsplit("-", 1)[-1])
+    return (f"{what}; the last QAT checkpoint is {ckpt} (step {step}), later steps are lost; run the same command "
+            "again to resume from it")
 
 
 def _sensitivity(output: str, data, quiet: bool) -> dict:
