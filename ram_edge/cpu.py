@@ -13,8 +13,8 @@ CPUINFO = Path("/proc/cpuinfo")
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
 # numpy's CPUID feature names -> the /proc/cpuinfo names used here (those that decide the INT8 / BF16 kernels).
-NUMPY_FEATURES = {"SSE2": "sse2", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
-                  "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
+NUMPY_FEATURES = {"SSE2": "sse2", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f",
+                  "AVX512BW": "avx512bw", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
 # Intel family-6 models with AVX2 but neither AVX-512 nor AVX-VNNI: Haswell to Comet Lake. A closed list: client CPUs
 # from Alder Lake on add AVX-VNNI, which numpy does not report, so an unlisted AVX2-only Intel model stays unknown.
 INTEL_AVX2_ONLY_MODELS = frozenset({60, 63, 69, 70,  # Haswell
