@@ -195,12 +195,14 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_finishes_it(tmp_p
     assert rerun.exit_code == 0 and f"{kept} already there were skipped" in rerun.stderr, rerun.output
     assert sorted(_records(out)) == sorted(str(p) for p in library.glob("*.png"))
 
-    # Anything else the disk refuses is one line too (exit 1), and no temporary file is left behind.
+    # The probability matrix on a full disk: one line naming it, and no temporary file left behind.
     out.unlink()
     subprocess.run(["mount", "-o", "remount,size=64k", str(tiny_disk)], check=True)
     scores = _tag(library, "--scores-out", tiny_disk / "s.npy")
-    assert scores.exit_code == 1 and scores.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
-    assert list(tiny_disk.iterdir()) == []
+    assert scores.exit_code == 2, scores.output
+    assert scores.stderr.strip().splitlines()[-1] == (f"error: cannot write {tiny_disk / 's.npy'}: No space left on "
+                                                      "device; free space there or choose another location")
+    assert list(tiny_disk.iterdir()) == []  # the partial matrix is gone
 
 
 def test_outputs_that_cannot_be_written_fail_before_any_work(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sys
 from pathlib import Path
@@ -93,14 +94,27 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
 def _tag_files(sources, report, model, runtime, device, threads, compute_precision, threshold, top_k, batch_size,
                scores_out, no_exif_transpose) -> None:
     """Tag `sources` batch by batch into `report` (and the probability matrix into `scores_out`)."""
-    from tqdm import tqdm
-
-    from ..fileio import atomic_file
-    from ..tag_output import NpyRowWriter
+    from ..fileio import unwritable
     from ..tagger import Tagger
 
     tagger = Tagger.load(model, runtime=runtime, device=device, threads=threads, compute_precision=compute_precision,
                          exif_transpose=not no_exif_transpose)
+    try:
+        _tag_into(tagger, sources, report, threshold, top_k, batch_size, scores_out)
+    except OSError as exc:
+        if scores_out and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            # The matrix's buffered rows meet the full disk where they are written out, not in one place of ours.
+            raise unwritable(scores_out, exc) from None
+        raise
+
+
+def _tag_into(tagger, sources, report, threshold, top_k, batch_size, scores_out) -> None:
+    """The loop of _tag_files: results into `report` as their batches finish, rows into the matrix file."""
+    from tqdm import tqdm
+
+    from ..fileio import atomic_file
+    from ..tag_output import NpyRowWriter
+
     with contextlib.ExitStack() as stack:
         scores = None
         if scores_out:
