@@ -176,7 +176,7 @@ def load_quantized(path: str | Path) -> tuple[torch.nn.Module, CheckpointInfo]:
     # NNCF builds and loads its C++ kernels on the first quantized forward, printing on stdout: do it here.
     size = info.config.preprocess.image_size
     with nncf_output_to_stderr(), torch.no_grad():
-        if QuantizeConfig.from_dict(info.source["quantization"]["config"]).method != "weights":
+        if info.source["quantization"]["method"] != "weights":
             prepare_nncf_kernels()
         quantized(torch.zeros(1, 3, size, size))
     return quantized, info

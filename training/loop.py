@@ -123,6 +123,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return path if (path / STATE_FILE).is_file() else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder (checkpoints/step-00000300) was written at."""
+    return int(path.name.rsplit("-", 1)[-1])
+
+
 class Trainer:
     """One training run (single process or one rank of torchrun)."""
 

@@ -91,13 +91,13 @@ def _qat_interrupted(exc: KeyboardInterrupt, run_dir: str) -> str:
     from pathlib import Path
 
     from ..errors import Terminated
-    from ..training.loop import latest_checkpoint
+    from ..training.loop import checkpoint_step, latest_checkpoint
 
     what = "terminated" if isinstance(exc, Terminated) else "interrupted"
     ckpt = latest_checkpoint(Path(run_dir))
     if ckpt is None:
         return f"{what} before the first QAT checkpoint; running the same command again starts QAT over from {run_dir}"
-    step = int(ckpt.name.rsplit("-", 1)[-1])
+    step = checkpoint_step(ckpt)
     return (f"{what}; the last QAT checkpoint is {ckpt} (step {step}), later steps are lost; run the same command "
             "again to resume from it")
 

@@ -85,7 +85,7 @@ def tag(images, model, runtime, device, threads, compute_precision, threshold, t
             what = (f"error: {exc};" if isinstance(exc, OutputPathError)
                     else "terminated:" if isinstance(exc, Terminated) else "interrupted:")
             click.echo(f"{what} {kept} image(s) are in {output}; run the same command again to tag the rest", err=True)
-            sys.exit(getattr(exc, "exit_code", 2))
+            sys.exit(2 if isinstance(exc, OutputPathError) else getattr(exc, "exit_code", 130))
         failed = report.finish(output)
     if failed:
         sys.exit(1)

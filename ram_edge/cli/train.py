@@ -12,12 +12,12 @@ import click
 
 def _interrupted(cfg, config: str, output_dir: str | None, steps: int | None) -> str:
     """Where an interrupted run can be resumed from, and the command that does it."""
-    from ..training.loop import latest_checkpoint
+    from ..training.loop import checkpoint_step, latest_checkpoint
 
     ckpt = latest_checkpoint(Path(cfg.output_dir))
     if ckpt is None:
         return f"interrupted before the first checkpoint; nothing to resume in {cfg.output_dir} (the run starts over)"
-    step = int(ckpt.name.rsplit("-", 1)[-1])
+    step = checkpoint_step(ckpt)
     command = ["ram-edge", "train", config]
     if output_dir:
         command += ["--output-dir", output_dir]

@@ -109,8 +109,8 @@ def generate(data: str | Path, model: str | Path, out: str | Path, *, labels: st
                 if shards.done(number, SHARD_SUFFIX):
                     part = json.loads(path.read_text(encoding="utf-8"))
                     for entry in part["records"]:
-                        _apply(records[entry["i"]], entry, "tags")
-                        _apply(records[entry["i"]], entry, "caption")
+                        _add_generated_tags(records[entry["i"]], entry)
+                        _add_generated_caption(records[entry["i"]], entry)
                     bar.update(end - start)
                 else:
                     part = _generate_shard(records, start, end, tagger, thresholds, captioner, parser, system, options, bar)
@@ -147,24 +147,27 @@ def _generate_shard(records: list[Record], start: int, end: int, tagger, thresho
             probs = tagger.predict(batch)
             found = [{"i": i, "tags": [names[t] for t in np.flatnonzero(row >= thresholds)]} for i, row in zip(positions, probs)]
             for entry in found:
-                _apply(records[entry["i"]], entry, "tags")
+                _add_generated_tags(records[entry["i"]], entry)
             if captioner is not None:
                 texts = captioner.caption(batch, [records[i].tags for i in positions])
                 for entry, text in zip(found, texts):
                     entry["caption"] = text
                     entry["caption_tags"] = [system.tags[t] for t in parser.parse(text)]
-                    _apply(records[entry["i"]], entry, "caption")
+                    _add_generated_caption(records[entry["i"]], entry)
             entries.extend(found)
         bar.update(len(chunk))
     return {"records": entries, "failed": failed}
 
 
-def _apply(rec: Record, entry: dict[str, Any], part: str) -> None:
-    """Add one record's generated tags ("tags"), or its generated caption and the tags parsed from it ("caption")."""
-    if part == "tags":
-        for tag in entry["tags"]:
-            rec.add(tag, "generated_tag")
-    elif "caption" in entry:
+def _add_generated_tags(rec: Record, entry: dict[str, Any]) -> None:
+    """A shard entry's confident predictions, added to its record."""
+    for tag in entry["tags"]:
+        rec.add(tag, "generated_tag")
+
+
+def _add_generated_caption(rec: Record, entry: dict[str, Any]) -> None:
+    """A shard entry's generated caption (if any) and the tags parsed from it, added to its record."""
+    if "caption" in entry:
         rec.row["generated_captions"] = [entry["caption"]]
         rec.captions.append(entry["caption"])
         for tag in entry["caption_tags"]:
