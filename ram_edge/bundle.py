@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PreprocessConfig
+from .config import FAMILIES, PreprocessConfig
 from .errors import BundleError, ConfigError, LabelError
 from .fileio import atomic_file, read_versioned_json, sha256_file
 from .labels import LabelSet
@@ -77,6 +77,9 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         model_format = data["model_format"]
         if model_format not in MODEL_FORMATS:
             raise BundleError(f"{manifest_path}: unknown model_format {model_format!r}; valid: {', '.join(MODEL_FORMATS)}")
+        for key, valid in (("precision", PRECISIONS), ("family", FAMILIES)):
+            if data[key] not in valid:
+                raise BundleError(f"{manifest_path}: unknown {key} {data[key]!r}; valid: {', '.join(valid)}; re-export the bundle")
         files = dict(data["files"])
         sums = dict(data["sha256"])
         bundle = Bundle(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bundle import MANIFEST
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_file, read_versioned_json
@@ -67,6 +68,9 @@ def read_checkpoint_dir(path: str | Path) -> CheckpointInfo:
     """Read config and labels of a checkpoint directory, checking that they agree."""
     path = Path(path)
     config_path = path / CONFIG_FILE
+    if not config_path.is_file() and (path / MANIFEST).is_file():
+        raise CheckpointError(f"{path}: an exported bundle, not a checkpoint directory; give the checkpoint "
+                              "directory it was exported from (export, quantize and train read checkpoints)")
     data = read_versioned_json(config_path, fmt=FORMAT, version=FORMAT_VERSION, error=CheckpointError,
                                what="ram-edge checkpoint", create_hint="create one with `ram-edge convert`",
                                fix="re-convert the checkpoint")

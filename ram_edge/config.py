@@ -206,10 +206,12 @@ class ModelConfig:
 
 def read_mapping_file(path: str | Path, error: type[Exception], what: str) -> dict:
     """The mapping in a YAML (.yaml/.yml) or JSON file; `error` names the file and the problem."""
+    from ram_edge.fileio import read_text
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise error(f"{path}: {what} not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, what=what, error=error)
     if path.suffix in (".yaml", ".yml"):
         import yaml  # outside the try: a missing PyYAML is not a syntax error in the file
 
@@ -219,5 +221,18 @@ def read_mapping_file(path: str | Path, error: type[Exception], what: str) -> di
     try:
         data = parse(text)
     except Exception as exc:  # noqa: BLE001 - yaml and json raise their own types
-        raise error(f"{path}: not valid YAML/JSON ({exc})") from None
-    return data or {}
+        raise error(f"{path}: not valid YAML/JSON ({parse_error_line(exc)}); fix the {what}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{path}: the {what} must be a mapping of field: value, not a {type(data).__name__}")
+    return data
+
+
+def parse_error_line(exc: Exception) -> str:
+    """A YAML or JSON syntax error as one line with its position (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())

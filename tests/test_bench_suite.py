@@ -113,6 +113,12 @@ def test_suite_config_errors(tmp_path):
             SuiteConfig.load(path)
     result = CliRunner().invoke(cli, ["bench", "--suite", str(path), "some-model"])
     assert result.exit_code == 2 and "not both" in result.output
+    # Options that one mode would ignore are refused, not dropped in silence.
+    result = CliRunner().invoke(cli, ["bench", "--suite", str(path), "--runtime", "ort", "--batch-size", "8"])
+    assert result.exit_code == 2 and "--runtime, --batch-size: not with --suite" in result.output
+    result = CliRunner().invoke(cli, ["bench", "some-model", "-o", str(tmp_path / "out.json")])
+    assert result.exit_code == 2 and "--output: only with --suite" in result.output
+    assert not (tmp_path / "out.json").exists()
     # A report folder that cannot be made is said before hours of cells, not after.
     path.write_text(json.dumps({"name": "x", "models": [{"name": "m", "source": "default"}]}))
     result = CliRunner().invoke(cli, ["bench", "--suite", str(path), "-o", str(path / "reports"), "--workdir",

@@ -200,6 +200,8 @@ MANIFEST_EDITS = {
     "format_version": lambda m: m.update(format_version="1"),
     "model_format": lambda m: m.update(model_format="tflite"),
     "precision": lambda m: m.update(precision=None),
+    "precision-unknown": lambda m: m.update(precision="int4"),
+    "family": lambda m: m.update(family="yolo"),
     "labels": lambda m: m.update(labels={"tags": "not a list"}),
     "labels-count": lambda m: m["labels"].update(tags=m["labels"]["tags"][:-1]),
     "preprocess": lambda m: m.update(preprocess={"image_size": -3}),
@@ -315,3 +317,34 @@ def test_commands_on_corrupted_inputs_write_nothing(tmp_path):
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
         assert not (tmp_path / "out").exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary leftovers
+
+
+def test_broken_config_files_are_one_line_errors(tmp_path):
+    """A training config, quantization config or benchmark suite that is not YAML, not UTF-8 or not a mapping."""
+    pytest.importorskip("yaml")
+    files = {
+        "unclosed.yaml": b"data: [\n",
+        "binary.yaml": b"\x7fELF\x02\x01\x01\x00\xd0\xd1\xff\xfe",
+        "list.yaml": b"- a\n- b\n",
+        "unclosed.json": b'{"steps": 3,\n',
+    }
+    source = default_model_path("checkpoint")
+    for name, data in files.items():
+        config = tmp_path / name
+        config.write_bytes(data)
+        for args in (["train", config], ["quantize", source, "-o", tmp_path / "q", "--calib", EXAMPLES, "--config", config],
+                     ["bench", "--suite", config, "-o", tmp_path / "reports"]):
+            proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *map(str, args)], capture_output=True, text=True)
+            assert proc.returncode == 2, (args, proc.stderr)
+            assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
+            assert str(config) in proc.stderr, (args, proc.stderr)
+        assert not (tmp_path / "q").exists() and not (tmp_path / "reports").exists()
+
+
+def test_a_bundle_given_where_a_checkpoint_is_needed_names_the_mix_up(tmp_path):
+    pytest.importorskip("torch")
+    bundle = default_model_path("bundle")
+    for args in (["export", bundle, "-o", tmp_path / "out"], ["quantize", bundle, "-o", tmp_path / "out", "--calib", EXAMPLES]):
+        proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", *map(str, args)], capture_output=True, text=True)
+        assert proc.returncode == 2 and "an exported bundle, not a checkpoint directory" in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

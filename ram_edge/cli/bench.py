@@ -70,10 +70,12 @@ def bench(model, suite_file, report_dir, workdir, runtime, device, batch_size, i
     if suite_file:
         if model:
             raise click.UsageError("give MODEL or --suite, not both (the suite file names its models)")
+        _refuse_given(_CELL_OPTIONS, "not with --suite: the suite file sets them for each cell; edit it instead")
         _run_suite(suite_file, report_dir, workdir, as_json)
         return
     if not model:
         raise click.UsageError("give MODEL (a checkpoint directory or bundle) or --suite FILE.yaml")
+    _refuse_given(_SUITE_OPTIONS, "only with --suite; to keep one MODEL's numbers, use --json > FILE.json")
 
     result = run_benchmark(
         model, runtime=runtime, device=device, batch_size=batch_size, iters=iters, warmup=warmup,
@@ -84,6 +86,19 @@ def bench(model, suite_file, report_dir, workdir, runtime, device, batch_size, i
     else:
         for line in _human(result):
             click.echo(line)
+
+
+_SUITE_OPTIONS = ("report_dir", "workdir")
+_CELL_OPTIONS = ("runtime", "device", "batch_size", "iters", "warmup", "threads", "compute_precision", "images")
+
+
+def _refuse_given(names: tuple[str, ...], why: str) -> None:
+    """Refuse options given on the command line that this mode of `bench` would ignore."""
+    ctx = click.get_current_context()
+    given = [p.opts[-1] for p in ctx.command.params
+             if p.name in names and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: {why}")
 
 
 def _run_suite(suite_file: str, report_dir: str, workdir: str | None, as_json: bool) -> None:
