@@ -22,8 +22,10 @@ import numpy as np
 
 from .errors import StreamError
 
-# OpenCV prints backend warnings ("can't open camera by index") on stderr; ram-edge reports errors itself.
+# OpenCV prints backend warnings ("can't open camera by index") and FFmpeg its errors ("moov atom not found", 8 =
+# fatal only) on stderr; ram-edge reports errors itself. Users can still set either variable to see them.
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
