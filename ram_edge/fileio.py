@@ -3,6 +3,7 @@ the one UTF-8 text reader whose errors name the file, the line and the fix."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import hashlib
@@ -245,4 +246,18 @@ def iter_text_lines(path: str | Path, *, what: str = "file", error: type[Excepti
             for number, line in enumerate(fh, start=1):
                 yield number, line.rstrip("\n")
         except UnicodeDecodeError as exc:
-            raise error(f"{path}, line {number + 1}: not valid UTF-8 ({exc.reason}); save the {what} as UTF-8") from None
+            # The decoder works on blocks ahead of the lines handed out: find the line in the bytes.
+            line = _first_non_utf8_line(path) or number + 1
+            raise error(f"{path}, line {line}: not valid UTF-8 ({exc.reason}); save the {what} as UTF-8") from None
+
+
+def _first_non_utf8_line(path: Path) -> int | None:
+    """Number of the first line of `path` that is not valid UTF-8 (None where the file reads whole)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError:
+                return number
+    return None

@@ -126,6 +126,42 @@ def test_tiny_ram_learns_and_skips_broken_images(tmp_path):
     assert tagger.scores([str(data / "images" / "0000.png")]).shape == (1, len(TAGS))
 
 
+def test_bad_annotation_rows_are_refused_before_training(tmp_path):
+    """Rows that are not UTF-8, not objects or have mistyped fields fail with the file and line, before any step."""
+    data = make_dataset(tmp_path / "data", 12, seed=2)
+    good = (data / "annotations.jsonl").read_bytes()
+    cases = {
+        b'{"image": "images/0000.png", "captions": ["caf\xe9"]}\n': "line 13: not valid UTF-8",
+        b'{"image": 5, "captions": ["a red square"]}\n': "'image' must be an image path",
+        b'{"image": "images/0000.png", "captions": [1, 2]}\n': "'captions' must be a string or a list of strings",
+        b'{"image": "images/0000.png", "tags": "red square"}\n': "'tags' must be a list of tag names",
+        b'{"image": "images/0000.png", "teacher": ["x"]}\n': "'teacher' must be a list of numbers",
+        b'["images/0000.png"]\n': "expected a JSON object with an 'image' field, got list",
+    }
+    for row, needle in cases.items():
+        (data / "annotations.jsonl").write_bytes(good + row)
+        proc = _run_cli(_write_cfg(tmp_path, tiny_config(tmp_path, data)))
+        assert proc.returncode == 2 and needle in proc.stderr, (row, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_data_whose_images_cannot_be_read_stops_instead_of_spinning(tmp_path):
+    """A wrong image root made every sample unreadable: the run looped over skipped batches for ever."""
+    import json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for count in (20, 600):  # one epoch smaller than the limit; and the limit inside a larger epoch
+        rows = [json.dumps({"image": f"elsewhere/{i}.png", "captions": ["a red square"]}) for i in range(count)]
+        (data / "annotations.jsonl").write_text("\n".join(rows) + "\n")
+        proc = _run_cli(_write_cfg(tmp_path, tiny_config(tmp_path, data, output_dir=str(tmp_path / f"run{count}"))))
+        seen = 16 if count == 20 else 256
+        assert proc.returncode == 2, proc.stderr
+        assert f"none of the first {seen} samples of data.path" in proc.stderr and "data.image_root" in proc.stderr
+        assert f"elsewhere/" in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
+
+
 def _run_cli(cfg_path: Path, env: dict | None = None, torchrun: int = 0, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"] if torchrun else []
     base = [sys.executable, *launcher, "-m", "ram_edge.cli.main", "train", str(cfg_path), *args]
@@ -171,6 +207,55 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert any(r.get("event") == "resumed" for r in _log(tmp_path / "resumed"))
     # Steps 5-6 ran twice; the list of skipped images is still that of the uninterrupted run.
     assert (tmp_path / "resumed" / "skipped_images.tsv").read_text() == "\n".join(listed) + "\n"
+
+
+def _write_shards(root: Path, count: int, per_shard: int, seed: int) -> Path:
+    """WebDataset shards (key.png + key.json) of the shapes, with one undecodable image and one mistyped record."""
+    import io
+    import json
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for shard in range(0, count, per_shard):
+        with tarfile.open(root / f"shard-{shard // per_shard:04d}.tar", "w") as tar:
+            for i in range(shard, min(shard + per_shard, count)):
+                img, tags = _draw(rng)
+                buf = io.BytesIO()
+                img.save(buf, "PNG")
+                record = {"captions": ["a picture of " + " and ".join(tags)], "tags": tags}
+                png = b"not a png" if i == 5 else buf.getvalue()
+                if i == 9:
+                    record["tags"] = "red square"  # a string, not a list
+                for name, data in ((f"{i:06d}.png", png), (f"{i:06d}.json", json.dumps(record).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+@pytest.mark.slow
+def test_webdataset_shards_train_and_a_killed_run_resumes_exactly(tmp_path):
+    """Training on WebDataset shards (it failed at the first batch: the stream was given to DataLoader as a
+    map-style dataset), with a DataLoader worker, bad samples skipped and listed, and exact resume mid-epoch."""
+    shards = _write_shards(tmp_path / "shards", 40, 16, seed=4)
+    data = {"kind": "wds", "path": str(shards), "samples_per_epoch": 24, "tags_from": "given", "num_workers": 1,
+            "shuffle_buffer": 8, "crop_scale": [0.9, 1.0]}
+    straight = tiny_config(tmp_path, shards, total_steps=8, checkpoint_every=2, output_dir=str(tmp_path / "straight"))
+    straight["data"] = data
+    proc = _run_cli(_write_cfg(tmp_path, straight))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"finished at step 8: model written to {tmp_path / 'straight' / 'model'}" in proc.stderr
+    listed = (tmp_path / "straight" / "skipped_images.tsv").read_text()
+    assert "000009\t000009.json: 'tags' must be a list of tag names" in listed, listed
+    resumed = dict(straight, output_dir=str(tmp_path / "resumed"))
+    cfg_path = _write_cfg(tmp_path, resumed)
+    crashed = _run_cli(cfg_path, env={"RAM_EDGE_TRAIN_CRASH_AFTER_STEP": "5"})
+    assert crashed.returncode == 17 and (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step-00000004"
+    proc = _run_cli(cfg_path)
+    assert proc.returncode == 0 and "at step 4 of 8" in proc.stderr, proc.stderr[-3000:]
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

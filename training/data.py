@@ -22,6 +22,7 @@ from PIL import Image, ImageEnhance
 
 from ram_edge.config import PreprocessConfig
 from ram_edge.errors import ConfigError, RamEdgeError
+from ram_edge.fileio import iter_text_lines, read_text
 from ram_edge.preprocess import load_image, preprocess
 
 from .config import DataConfig
@@ -53,16 +54,15 @@ class JsonlSource:
             raise ConfigError(f"{path}: JSONL annotation file not found")
         self.root = Path(image_root) if image_root else path.parent
         self.rows = []
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    row["image"]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ConfigError(f"{path}:{number}: not a JSON object with an 'image' field ({exc})") from None
-                self.rows.append(row)
+        for number, line in iter_text_lines(path, what="JSONL annotation file", error=ConfigError):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}, line {number}: not a JSON object with an 'image' field ({exc})") from None
+            check_row(row, f"{path}, line {number}", "image")
+            self.rows.append(row)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,18 +77,60 @@ class JsonlSource:
         return Example(str(row["image"]), lambda: load_image(image_path), captions, row.get("tags"), row.get("tag_ids"), teacher)
 
 
+def _is_list_of(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+
+# field -> (accepted types, what to write), checked when a dataset is opened so a bad row fails before training starts
+_ROW_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "captions": (lambda v: isinstance(v, str) or _is_list_of(v, str), "a string or a list of strings"),
+    "caption": (lambda v: isinstance(v, str) or _is_list_of(v, str), "a string or a list of strings"),
+    "tags": (lambda v: _is_list_of(v, str), "a list of tag names"),
+    "tag_ids": (lambda v: _is_list_of(v, int), "a list of label ids"),
+    "union_label_id": (lambda v: _is_list_of(v, int), "a list of label ids"),
+    "parse_label_id": (lambda v: isinstance(v, list), "a list of label-id lists, one per caption"),
+    "teacher": (lambda v: _is_list_of(v, (int, float)), "a list of numbers (the teacher's image embedding)"),
+}
+
+
+def check_row(row: Any, where: str, image_key: str) -> None:
+    """Refuse an annotation that is not an object with a path under `image_key` and well-typed optional fields."""
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected a JSON object with an {image_key!r} field, got {type(row).__name__}")
+    image = row.get(image_key)
+    if not isinstance(image, str) or not image:
+        raise ConfigError(f"{where}: {image_key!r} must be an image path (a non-empty string), got {image!r}")
+    problem = field_problem(row)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+
+
+def field_problem(row: dict) -> str | None:
+    """What is wrong with the optional fields of an annotation (captions, tags, ids, teacher), or None."""
+    for key, (ok, what) in _ROW_FIELDS.items():
+        if row.get(key) is not None and not ok(row[key]):
+            return f"{key!r} must be {what}"
+    return None
+
+
 class OfficialJsonSource:
     """The official RAM annotation JSON: a list of {"image_path", "caption": [...],
     "union_label_id": [...] (optional), "parse_label_id": [[...] per caption]}."""
 
     def __init__(self, path: str | Path, image_root: str | Path | None = None) -> None:
         path = Path(path)
+        text = read_text(path, what="official annotation JSON", error=ConfigError)
         try:
-            self.rows = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            self.rows = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: cannot read the official annotation JSON ({exc})") from None
         if not isinstance(self.rows, list):
             raise ConfigError(f"{path}: expected a JSON list of annotations")
+        for index, row in enumerate(self.rows):
+            check_row(row, f"{path}: annotation {index}", "image_path")
+            for ids in row.get("parse_label_id") or []:
+                if not _is_list_of(ids, int):
+                    raise ConfigError(f"{path}: annotation {index}: parse_label_id must hold one list of label ids per caption")
         self.root = Path(image_root) if image_root else path.parent
 
     def __len__(self) -> int:
@@ -237,11 +279,17 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 def wds_example(key: str, members: dict[str, bytes]) -> Example:
     """An Example from a WebDataset group (image + .json and/or .txt)."""
     meta: dict[str, Any] = {}
+    problem = None
     if "json" in members:
+        # A damaged record is not read as "no tags": the sample is skipped and listed with the reason, like a bad image.
         try:
             meta = json.loads(members["json"].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            meta = {}
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problem = f"not valid UTF-8 JSON ({exc})"
+        else:
+            problem = field_problem(meta) if isinstance(meta, dict) else "not a JSON object"
+        if problem:
+            problem, meta = f"{key}.json: {problem}", {}
     captions = meta.get("captions", meta.get("caption", []))
     captions = [captions] if isinstance(captions, str) else list(captions)
     if not captions and "txt" in members:
@@ -249,6 +297,8 @@ def wds_example(key: str, members: dict[str, bytes]) -> Example:
     data = next((members[e] for e in IMAGE_EXTS if e in members), None)
 
     def load() -> Image.Image:
+        if problem:
+            raise RamEdgeError(problem)
         if data is None:
             raise RamEdgeError(f"{key}: no image member in the shard")
         return load_image_bytes(data, key)

@@ -38,6 +38,8 @@ LATEST = "latest"
 CRASH_ENV = "RAM_EDGE_TRAIN_CRASH_AFTER_STEP"
 # Skipped images named on the console; all of them are listed in the run's skipped_images.tsv.
 SKIPPED_NAMED = 5
+# Samples read without one readable image after which a run stops (a wrong data.image_root, not bad luck).
+NO_IMAGE_LIMIT = 256
 
 
 class Distributed:
@@ -72,10 +74,28 @@ class Distributed:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
+    def any(self, flag: bool) -> bool:
+        """True where `flag` is true on any rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self) -> None:
         """Tear down the process group."""
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """A ShardStream as DataLoader's iterable dataset (training/data.py defines it without importing torch)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def __iter__(self):
+        return iter(self.stream)
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -162,6 +182,7 @@ class Trainer:
         self.skipped = 0
         self.skipped_listed = 0  # lines in skipped_file(); restored on resume so that replayed steps do not repeat
         self._skipped_keys: set[str] = set()  # each unreadable image is listed once, not once per epoch
+        self._first_skipped: tuple[str, str] | None = None  # named when no image at all can be read
         self._build_data()
 
     def _build_model(self) -> tuple[torch.nn.Module, Any]:
@@ -212,7 +233,10 @@ class Trainer:
             self.sampler = ResumableSampler(len(source), self.dist.rank, self.dist.world, cfg.seed)
             self.batches_per_epoch = self.sampler.per_rank() // cfg.batch_size
         if self.batches_per_epoch < 1:
-            raise ConfigError(f"fewer samples per process than one batch of {cfg.batch_size}; lower batch_size or add data")
+            samples = d.samples_per_epoch if d.kind == "wds" else len(source)
+            world = f" over {self.dist.world} processes" if self.dist.world > 1 else ""
+            raise ConfigError(f"data.path {d.path}: {samples} sample(s){world}, fewer than one batch of {cfg.batch_size} "
+                              "per process; lower batch_size or add data")
 
     def _loader(self):
         cfg = self.cfg
@@ -222,7 +246,8 @@ class Trainer:
             return DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, collate_fn=collate,
                               num_workers=cfg.data.num_workers, drop_last=True, persistent_workers=False)
         self.dataset.set_epoch(self.epoch, start)
-        return DataLoader(self.dataset, batch_size=cfg.batch_size, collate_fn=collate, num_workers=cfg.data.num_workers)
+        return DataLoader(_Stream(self.dataset), batch_size=cfg.batch_size, collate_fn=collate,
+                          num_workers=cfg.data.num_workers)
 
     # ------------------------------------------------------------ console and skipped images
     def say(self, message: str) -> None:
@@ -248,12 +273,18 @@ class Trainer:
                 if key in self._skipped_keys:
                     continue
                 self._skipped_keys.add(key)
+                self._first_skipped = self._first_skipped or (key, reason)
                 fh.write(f"{key}\t{' '.join(reason.split())}\n")
                 self.skipped_listed += 1
                 if self.skipped_listed <= SKIPPED_NAMED:
                     self.say(f"skipped unreadable image {key}: {reason}")
                 if self.skipped_listed == SKIPPED_NAMED:
                     self.say(f"further skipped images are not shown; all are listed in {self.skipped_file}")
+
+    def _no_readable_image(self, samples: int) -> ConfigError:
+        example = f"e.g. {self._first_skipped[0]}: {self._first_skipped[1]}; " if self._first_skipped else ""
+        return ConfigError(f"none of the first {samples} samples of data.path {self.cfg.data.path} could be read ({example}all "
+                           f"listed in {self.skipped_file}); check the image paths and data.image_root")
 
     def _truncate_skipped(self) -> None:
         # Steps after the checkpoint are replayed: drop what they had listed.
@@ -356,12 +387,18 @@ class Trainer:
         self.model.train()
         while self.step < end:
             micro = 0
+            seen = used = 0  # batches of this epoch read by this process, and those with a readable image
             for batch in self._loader():
                 self.batches_in_epoch += 1
                 self.skipped += batch["skipped"]
                 self._note_skipped(batch.get("skipped_keys", []))
-                if batch["size"] == 0:
+                seen += 1
+                # A batch with no readable image is skipped by every rank: DDP's gradient all-reduce needs them all.
+                if self.dist.any(batch["size"] == 0):
+                    if not used and seen * cfg.batch_size >= NO_IMAGE_LIMIT:
+                        raise self._no_readable_image(seen * cfg.batch_size)
                     continue
+                used += 1
                 batch = {k: (v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
                 batch = self._add_targets(batch)
                 last_micro = micro + 1 == cfg.grad_accum
@@ -418,6 +455,8 @@ class Trainer:
                 if self.step >= end:
                     break
             else:
+                if not used:  # a whole epoch (of fewer than NO_IMAGE_LIMIT samples) without one readable image
+                    raise self._no_readable_image(seen * cfg.batch_size)
                 self.epoch += 1
                 self.batches_in_epoch = 0
         if bar is not None:
