@@ -146,6 +146,33 @@ def test_bad_annotation_rows_are_refused_before_training(tmp_path):
         assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_official_annotation_json_reads_ids_and_refuses_bad_rows(tmp_path):
+    import json
+
+    from ram_edge.errors import ConfigError
+    from ram_edge.training.data import OfficialJsonSource
+
+    data = make_dataset(tmp_path / "data", 3, seed=5)
+    rows = [{"image_path": "images/0000.png", "caption": ["a red square"], "union_label_id": [4, 1]},
+            {"image_path": "images/0001.png", "caption": "two blue circles", "parse_label_id": [[3], [3, 7]]}]
+    path = tmp_path / "official.json"
+    path.write_text(json.dumps(rows))
+    source = OfficialJsonSource(path, image_root=data)
+    first, second = source.example(0), source.example(1)
+    assert (first.tag_ids, first.captions, second.tag_ids, second.captions) == ([4, 1], ["a red square"], [3, 7], ["two blue circles"])
+    assert first.load().size == (32, 32)
+    for bad, needle in (([{"caption": ["x"]}], "annotation 0: 'image_path' must be an image path"),
+                        ([rows[0], {"image_path": "a.png", "union_label_id": ["cat"]}], "annotation 1: 'union_label_id' must be a list"),
+                        ([{"image_path": "a.png", "parse_label_id": [3, 7]}], "parse_label_id must hold one list"),
+                        ({"images": rows}, "expected a JSON list")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=needle):
+            OfficialJsonSource(path)
+    path.write_bytes(b'[{"image_path": "caf\xe9.png"}]')
+    with pytest.raises(ConfigError, match="line 1: not valid UTF-8"):
+        OfficialJsonSource(path)
+
+
 def test_data_whose_images_cannot_be_read_stops_instead_of_spinning(tmp_path):
     """A wrong image root made every sample unreadable: the run looped over skipped batches for ever."""
     import json
