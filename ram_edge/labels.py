@@ -34,12 +34,12 @@ THRESHOLDS_FILE = "thresholds.txt"
 _MANIFEST_KEYS = ("tags", "tags_zh", "thresholds")
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Read a UTF-8 text file as ``splitlines()`` does, names kept verbatim."""
+def read_lines(path: str | Path, what: str = "tag/threshold list") -> list[str]:
+    """Read a UTF-8 text file as ``splitlines()`` does, names kept verbatim; errors call the file `what`."""
     from .fileio import read_text
 
     # splitlines() already treats \r\n and \r as one break, like the official text-mode read.
-    return read_text(path, what="tag/threshold list", error=LabelError).splitlines()
+    return read_text(path, what=what, error=LabelError).splitlines()
 
 
 def _check_names(names: list[str], where: str, what: str) -> None:

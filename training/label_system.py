@@ -149,7 +149,7 @@ class LabelSystem:
     def load(cls, path: str | Path) -> "LabelSystem":
         """Read a label TSV (header: tag[, synonyms][, zh][, threshold]) or a plain tag list."""
         path = Path(path)
-        lines = read_lines(path)
+        lines = read_lines(path, what="label system")
         if not lines:
             raise LabelError(f"{path}: empty label file; write one tag per line or a TSV with a 'tag' column")
         if path.suffix.lower() == ".tsv" or "\t" in lines[0]:
@@ -359,7 +359,7 @@ def read_synonym_groups(path: str | Path) -> list[list[str]]:
     path = Path(path)
     groups: list[list[str]] = []
     owner: dict[tuple[str, ...], int] = {}
-    for lineno, line in enumerate(read_lines(path), start=1):
+    for lineno, line in enumerate(read_lines(path, what="synonyms file"), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue

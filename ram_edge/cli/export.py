@@ -17,7 +17,7 @@ def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None
     if tags_file:
         from ..labels import read_lines
 
-        return [t.strip() for t in read_lines(tags_file) if t.strip()]
+        return [t.strip() for t in read_lines(tags_file, what="tag list") if t.strip()]
     return None
 
 
