@@ -162,6 +162,11 @@ def test_subset_with_unknown_tag_fails_cleanly(converted_golden, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(converted_golden["ram_tiny"]), "-o", str(out), "--tags", "dog,catt"])
     assert result.exit_code == 2 and "catt" in result.stderr and "close matches" in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".bad.*"))
+    # An empty subset is refused, not taken as "every tag".
+    (tmp_path / "none.txt").write_text("\n  \n")
+    for args in (["--tags", " , "], ["--tags-file", str(tmp_path / "none.txt")]):
+        result = CliRunner().invoke(cli, ["export", str(converted_golden["ram_tiny"]), "-o", str(out), *args])
+        assert result.exit_code == 2 and "names no tag" in result.output and not out.exists()
 
 
 def test_manifest_records_what_a_runtime_needs(bundles):

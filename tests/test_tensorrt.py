@@ -336,7 +336,7 @@ def test_cli_export_tag_and_bench_trt(double, fp32_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--max-batch", "2"], "only apply to --format trt"),
+    (["--max-batch", "2"], "--max-batch: only with --format trt"),
     (["--format", "trt", "--max-batch", "2", "--opt-batch", "4"], "larger than --max-batch"),
     (["--format", "trt", "--tags", "cat"], "label set and precision are fixed"),
     (["--format", "trt", "--precision", "int8"], "INT8 Q/DQ ONNX"),

@@ -10,15 +10,21 @@ from ..errors import RamEdgeError
 
 
 def _read_tag_names(tags: str | None, tags_file: str | None) -> list[str] | None:
-    if tags and tags_file:
+    if tags is not None and tags_file is not None:
         raise click.UsageError("use either --tags or --tags-file, not both")
-    if tags:
-        return [t.strip() for t in tags.split(",") if t.strip()]
-    if tags_file:
+    if tags is not None:
+        names = [t.strip() for t in tags.split(",") if t.strip()]
+        where = f"--tags {tags!r}"
+    elif tags_file is not None:
         from ..labels import read_lines
 
-        return [t.strip() for t in read_lines(tags_file, what="tag list") if t.strip()]
-    return None
+        names = [t.strip() for t in read_lines(tags_file, what="tag list") if t.strip()]
+        where = f"--tags-file {tags_file}"
+    else:
+        return None
+    if not names:  # an empty subset is a mistake, not a request for every tag
+        raise click.UsageError(f"{where} names no tag; give the tags to keep (comma-separated or one per line)")
+    return names
 
 
 @click.command()
@@ -65,7 +71,7 @@ def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vo
     trt_only = {"--max-batch": max_batch is not None, "--opt-batch": opt_batch is not None, "--workspace": workspace_mb is not None,
                 "--dla-core": dla_core is not None, "--timing-cache": timing_cache is not None, "--device": device is not None}
     if fmt != "trt" and any(trt_only.values()):
-        raise click.UsageError(f"{', '.join(k for k, v in trt_only.items() if v)} only apply to --format trt")
+        raise click.UsageError(f"{', '.join(k for k, v in trt_only.items() if v)}: only with --format trt")
     if fmt == "trt":
         from ..export.tensorrt_format import TrtBuildOptions
 
