@@ -53,16 +53,7 @@ class JsonlSource:
         if not path.is_file():
             raise ConfigError(f"{path}: JSONL annotation file not found")
         self.root = Path(image_root) if image_root else path.parent
-        self.rows = []
-        for number, line in iter_text_lines(path, what="JSONL annotation file", error=ConfigError):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}, line {number}: not a JSON object with an 'image' field ({exc})") from None
-            check_row(row, f"{path}, line {number}", "image")
-            self.rows.append(row)
+        self.rows = list(iter_jsonl_rows(path))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -103,6 +94,20 @@ def check_row(row: Any, where: str, image_key: str) -> None:
     problem = field_problem(row)
     if problem:
         raise ConfigError(f"{where}: {problem}")
+
+
+def iter_jsonl_rows(path: Path, what: str = "JSONL annotation file") -> Iterator[dict[str, Any]]:
+    """The annotations of a JSONL file, each checked: an object with an "image" path and well-typed fields."""
+    for number, line in iter_text_lines(path, what=what, error=ConfigError):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {number}: not valid JSON ({exc.msg}); each line must be one JSON object "
+                              "with an \"image\" path") from None
+        check_row(row, f"{path}, line {number}", "image")
+        yield row
 
 
 def field_problem(row: dict) -> str | None:

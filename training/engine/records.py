@@ -53,8 +53,9 @@ def annotation_file(data: str | Path) -> Path:
 
 
 def _official_row(row: Any, where: str) -> dict[str, Any]:
-    if not isinstance(row, dict) or "image_path" not in row:
-        raise ConfigError(f"{where}: not an official annotation object with an 'image_path' field")
+    from ram_edge.training.data import check_row
+
+    check_row(row, where, "image_path")
     out = {k: v for k, v in row.items() if k not in ("image_path", "caption")}
     out["image"] = row["image_path"]
     captions = row.get("caption", [])
@@ -64,7 +65,8 @@ def _official_row(row: Any, where: str) -> dict[str, Any]:
 
 def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
     """The rows of a JSONL or official-JSON annotation file, as JSONL-style dicts ("image", "captions", ...)."""
-    from ram_edge.fileio import iter_text_lines, read_text
+    from ram_edge.fileio import read_text
+    from ram_edge.training.data import iter_jsonl_rows
 
     if path.suffix.lower() == ".json":
         try:
@@ -76,16 +78,7 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
         for number, row in enumerate(rows):
             yield _official_row(row, f"{path}, item {number}")
         return
-    for number, line in iter_text_lines(path, what="annotation file", error=ConfigError):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("image"), str):
-            raise ConfigError(f"{path}, line {number}: expected a JSON object with an \"image\" path")
-        yield row
+    yield from iter_jsonl_rows(path, what="annotation file")
 
 
 def read_records(data: str | Path, image_root: str | Path | None = None) -> list[Record]:
