@@ -410,6 +410,14 @@ def test_two_process_ddp_gloo_ranks_agree(tmp_path):
     log = _log(tmp_path / "run")
     assert [r for r in log if r.get("event") == "start"][0]["world"] == 2
     assert [r for r in log if r.get("event") == "finished"][0]["ranks_identical"] is True
+    # WebDataset shards split over the two ranks (each reads its own shards; bad samples are skipped on either).
+    shards = _write_shards(tmp_path / "shards", 48, 12, seed=6)
+    cfg = tiny_config(tmp_path, data, total_steps=6, checkpoint_every=3, batch_size=4, output_dir=str(tmp_path / "run-wds"))
+    cfg["data"] = {"kind": "wds", "path": str(shards), "samples_per_epoch": 24, "tags_from": "given", "shuffle_buffer": 4}
+    proc = _run_cli(_write_cfg(tmp_path, cfg), torchrun=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = json.loads((tmp_path / "run-wds" / "rank_checksums.json").read_text())
+    assert len(sums) == 2 and sums[0] == sums[1]
 
 
 def test_asymmetric_loss_matches_hand_computation():

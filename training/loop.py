@@ -283,8 +283,14 @@ class Trainer:
 
     def _no_readable_image(self, samples: int) -> ConfigError:
         example = f"e.g. {self._first_skipped[0]}: {self._first_skipped[1]}; " if self._first_skipped else ""
-        return ConfigError(f"none of the first {samples} samples of data.path {self.cfg.data.path} could be read ({example}all "
-                           f"listed in {self.skipped_file}); check the image paths and data.image_root")
+        where = f"data.path {self.cfg.data.path}"
+        if self.dist.world > 1:  # every rank skips a batch that is empty on any rank: this one may have read its own
+            what = (f"in the first {samples} samples per process of {where}, no batch had a readable image on every one of "
+                    f"the {self.dist.world} processes")
+        else:
+            what = f"none of the first {samples} samples of {where} could be read"
+        return ConfigError(f"{what} ({example}this process's skipped images are listed in {self.skipped_file}); check the "
+                           "image paths and data.image_root")
 
     def _truncate_skipped(self) -> None:
         # Steps after the checkpoint are replayed: drop what they had listed.
