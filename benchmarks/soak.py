@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "soak.md")
     args = parser.parse_args(argv)
+    for name in ("frames", "images"):
+        if getattr(args, name) <= WARMUP:
+            parser.error(f"--{name} must be more than the {WARMUP} warm-up items that memory growth is measured after")
     args.workdir.mkdir(parents=True, exist_ok=True)
     video = make_video(args.workdir / f"soak-{args.frames}.avi", args.frames)
     runs = [soak_watch(video, args.frames)]
