@@ -163,7 +163,7 @@ def test_official_annotation_json_reads_ids_and_refuses_bad_rows(tmp_path):
     assert first.load().size == (32, 32)
     for bad, needle in (([{"caption": ["x"]}], "annotation 0: 'image_path' must be an image path"),
                         ([rows[0], {"image_path": "a.png", "union_label_id": ["cat"]}], "annotation 1: 'union_label_id' must be a list"),
-                        ([{"image_path": "a.png", "parse_label_id": [3, 7]}], "parse_label_id must hold one list"),
+                        ([{"image_path": "a.png", "parse_label_id": [3, 7]}], "'parse_label_id' must be a list of label-id lists"),
                         ({"images": rows}, "expected a JSON list")):
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match=needle):

@@ -79,7 +79,8 @@ _ROW_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tags": (lambda v: _is_list_of(v, str), "a list of tag names"),
     "tag_ids": (lambda v: _is_list_of(v, int), "a list of label ids"),
     "union_label_id": (lambda v: _is_list_of(v, int), "a list of label ids"),
-    "parse_label_id": (lambda v: isinstance(v, list), "a list of label-id lists, one per caption"),
+    "parse_label_id": (lambda v: isinstance(v, list) and all(_is_list_of(ids, int) for ids in v),
+                       "a list of label-id lists, one per caption"),
     "teacher": (lambda v: _is_list_of(v, (int, float)), "a list of numbers (the teacher's image embedding)"),
 }
 
@@ -133,9 +134,6 @@ class OfficialJsonSource:
             raise ConfigError(f"{path}: expected a JSON list of annotations")
         for index, row in enumerate(self.rows):
             check_row(row, f"{path}: annotation {index}", "image_path")
-            for ids in row.get("parse_label_id") or []:
-                if not _is_list_of(ids, int):
-                    raise ConfigError(f"{path}: annotation {index}: parse_label_id must hold one list of label ids per caption")
         self.root = Path(image_root) if image_root else path.parent
 
     def __len__(self) -> int:
