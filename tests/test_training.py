@@ -287,7 +287,8 @@ def test_webdataset_shards_train_and_a_killed_run_resumes_exactly(tmp_path):
     shards = _write_shards(tmp_path / "shards", 40, 16, seed=4)
     data = {"kind": "wds", "path": str(shards), "samples_per_epoch": 24, "tags_from": "given", "num_workers": 1,
             "shuffle_buffer": 8, "crop_scale": [0.9, 1.0]}
-    straight = tiny_config(tmp_path, shards, total_steps=8, checkpoint_every=2, output_dir=str(tmp_path / "straight"))
+    # 3 batches an epoch, a checkpoint every 3 steps: the resumed run starts at the end of an epoch.
+    straight = tiny_config(tmp_path, shards, total_steps=8, checkpoint_every=3, output_dir=str(tmp_path / "straight"))
     straight["data"] = data
     proc = _run_cli(_write_cfg(tmp_path, straight))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -297,9 +298,9 @@ def test_webdataset_shards_train_and_a_killed_run_resumes_exactly(tmp_path):
     resumed = dict(straight, output_dir=str(tmp_path / "resumed"))
     cfg_path = _write_cfg(tmp_path, resumed)
     crashed = _run_cli(cfg_path, env={"RAM_EDGE_TRAIN_CRASH_AFTER_STEP": "5"})
-    assert crashed.returncode == 17 and (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step-00000004"
+    assert crashed.returncode == 17 and (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step-00000003"
     proc = _run_cli(cfg_path)
-    assert proc.returncode == 0 and "at step 4 of 8" in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 0 and "at step 3 of 8" in proc.stderr, proc.stderr[-3000:]
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -461,7 +461,9 @@ class Trainer:
                 if self.step >= end:
                     break
             else:
-                if not used:  # a whole epoch (of fewer than NO_IMAGE_LIMIT samples) without one readable image
+                # A whole epoch (of fewer than NO_IMAGE_LIMIT samples) without one readable image. (A run resumed
+                # at the end of an epoch reads nothing here, rightly.)
+                if seen and not used:
                     raise self._no_readable_image(seen * cfg.batch_size)
                 self.epoch += 1
                 self.batches_in_epoch = 0
