@@ -170,6 +170,9 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         # mkdtemp creates 0700; give the result the permissions a plain mkdir would.
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
+            if not overwrite:  # checked at the start; since then another process wrote it
+                raise RamEdgeError(f"output {path} was written by another process while this one ran; this run's result "
+                                   "was not kept: choose another path, or pass --overwrite")
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)

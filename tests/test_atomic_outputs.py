@@ -89,3 +89,20 @@ def test_a_previous_output_parked_by_a_killed_replace_is_restored(tmp_path):
     assert remove_stale_partials(out) == [parked]
     assert (out / "model.onnx").read_bytes() == b"previous" and _hidden(tmp_path) == []
     assert os.path.isdir(out)
+
+
+def test_an_output_written_meanwhile_by_another_process_is_not_replaced(tmp_path):
+    """Two `export -o SAME` at once: the later one used to replace the first's finished output in silence."""
+    from ram_edge.errors import RamEdgeError
+
+    out = tmp_path / "bundle"
+    with pytest.raises(RamEdgeError, match="written by another process while this one ran"):
+        with atomic_dir(out) as tmp:
+            (tmp / "mine.txt").write_text("mine")
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temporary leftovers
+    with atomic_dir(out, overwrite=True) as tmp:  # --overwrite still replaces it
+        (tmp / "mine.txt").write_text("mine")
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
