@@ -96,8 +96,8 @@ def refuse_special_file(path: Path) -> None:
         raise OutputPathError(f"{path} is a device, pipe or other special file; give the path of a regular file")
 
 
-def _prepare_output(path: Path) -> None:
-    """Create `path`'s folder, or fail with an error naming `path`."""
+def prepare_output(path: Path) -> None:
+    """Create the folder of the output `path` (a regular file or folder to be), or fail with an error naming `path`."""
     refuse_special_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def _prepare_output(path: Path) -> None:
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     """Open a temporary file beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    _prepare_output(path)
+    prepare_output(path)
     remove_stale_partials(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent)
@@ -159,7 +159,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; move it onto `path` only if the block succeeds."""
     path = Path(path)
     refuse_existing(path, overwrite)
-    _prepare_output(path)
+    prepare_output(path)
     remove_stale_partials(path)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent))

@@ -15,7 +15,7 @@ import numpy as np
 
 from .dir_lock import try_lock, unlock
 from .errors import InUseError, RamEdgeError
-from .fileio import check_writable, unwritable
+from .fileio import check_writable, prepare_output, unwritable
 
 SYNC_EVERY_S = 10.0  # results reach the disk at least this often (every batch reaches the OS at once)
 
@@ -29,8 +29,8 @@ class OutputFileError(RamEdgeError):
 
 
 class ResultsFile:
-    """`path` opened for appending results, with `recorded` (image -> tagged without error) read from what an
-    earlier run left. Held exclusively: a second process on the same file fails at once."""
+    """`path` opened for appending results, with `recorded` (the images, as printed, whose lines an earlier run left).
+    Held exclusively: a second process on the same file fails at once."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -38,8 +38,8 @@ class ResultsFile:
             raise OutputFileError(f"output {self.path} is a folder; give a file name, e.g. {self.path / 'tags.jsonl'}")
         check_writable(self.path)
         self._created = not self.path.exists()
+        prepare_output(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh: IO[bytes] = open(self.path, "a+b")  # noqa: SIM115 - held until close()
         except OSError as exc:
             raise unwritable(self.path, exc) from None
@@ -55,18 +55,18 @@ class ResultsFile:
         self.written = self.flushed = 0  # records written, and how many of them reached the OS
         self._synced = time.monotonic()
 
-    def _read_recorded(self) -> dict[str, bool]:
+    def _read_recorded(self) -> set[str]:
         self._fh.seek(0)
         data = self._fh.read()
         complete = data.rfind(b"\n") + 1
         lines = data[:complete].splitlines()
-        recorded: dict[str, bool] = {}
+        recorded: set[str] = set()
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-                recorded[str(obj["image"])] = "error" not in obj
+                recorded.add(str(obj["image"]))
             except (ValueError, KeyError, TypeError):
                 raise self._not_ours(lineno) from None
         if complete < len(data):
