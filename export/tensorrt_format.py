@@ -1,21 +1,26 @@
-"""ONNX bundle -> TensorRT engine bundle, built on the device that will run it (TensorRT 10+).
+"""ONNX bundle -> TensorRT engine bundle, built on the device that will run it (TensorRT 8.5 to 10.x).
 
 fp16: the fp32 ONNX with TensorRT's FP16 flag, the layers fp16 hurts (normalisations, softmax, the
 reductions and the layer that writes the probabilities) constrained to fp32. int8: explicit
 quantization from the Q/DQ ONNX of `ram-edge quantize` (TensorRT's implicit calibrator is deprecated
-in TensorRT 10), with FP16 for the operations that stay float. One optimization profile over the
-batch. The bundle keeps the ONNX it was built from, so an engine is rebuilt on another GPU or
-TensorRT version from the bundle alone. Torch-free: a Jetson needs only TensorRT and onnxruntime.
+in TensorRT 10), with FP16 for the operations that stay float; TensorRT quantizes symmetrically only,
+so an ONNX with asymmetric activations is converted first (export/tensorrt_qdq.py) and checked
+against the original. One optimization profile over the batch (a static one on the DLA). The bundle
+keeps the ONNX it was built from, so an engine is rebuilt on another GPU or TensorRT version from the
+bundle alone. Torch-free: a Jetson needs only TensorRT, onnxruntime and, for INT8, onnx.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ram_edge.bundle import Bundle, read_bundle, write_manifest
-from ram_edge.errors import ExportError
+from ram_edge.errors import ExportError, RamEdgeWarning
 from ram_edge.fileio import atomic_dir, atomic_file, refuse_existing
+from ram_edge.runtimes.tensorrt_version import tensorrt_api
 
 from .onnx_file import data_file
 
@@ -57,13 +63,17 @@ class TrtBuildOptions:
             raise ExportError(f"--opt-batch {self.opt_batch} must lie in 1..--max-batch {self.max_batch}")
         if self.dla_core is not None and self.precision == "fp32":
             raise ExportError("the DLA runs fp16 and int8 only: use --precision fp16 or int8 with --dla-core")
+        if self.dla_core is not None and self.opt_batch != self.max_batch:
+            raise ExportError(f"--dla-core: the DLA runs static shapes only, so the engine takes batch --max-batch "
+                              f"{self.max_batch} (smaller batches are padded); --opt-batch {self.opt_batch} must equal it or be left out")
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise ExportError(f"--workspace {self.workspace_mb}: give the builder's workspace in MB (>= 1)")
 
 
-def profile_shapes(image_size: int, opt_batch: int, max_batch: int) -> dict[str, list[int]]:
-    """The optimization profile of the image input: batch 1 .. max, tuned at opt."""
-    return {name: [batch, 3, image_size, image_size] for name, batch in (("min", 1), ("opt", opt_batch), ("max", max_batch))}
+def profile_shapes(image_size: int, opt_batch: int, max_batch: int, *, static: bool = False) -> dict[str, list[int]]:
+    """The optimization profile of the image input: batch 1 .. max, tuned at opt; `static`: max only (the DLA)."""
+    low = max_batch if static else 1
+    return {name: [batch, 3, image_size, image_size] for name, batch in (("min", low), ("opt", opt_batch), ("max", max_batch))}
 
 
 def source_onnx(bundle: Bundle, precision: str) -> tuple[Path, dict[str, Any]]:
@@ -93,6 +103,21 @@ def source_onnx(bundle: Bundle, precision: str) -> tuple[Path, dict[str, Any]]:
             f"but this one is {stored}; export the float checkpoint with `ram-edge export CHECKPOINT -o FP32_BUNDLE`"
         )
     return path, origin
+
+
+def tensorrt_ready_onnx(onnx_path: Path, precision: str, workdir: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The ONNX TensorRT's parser accepts for a `precision` engine: `onnx_path` itself, or for an INT8 ONNX with
+    asymmetric quantizers its symmetric int8 conversion written into `workdir`; and the conversion's record."""
+    if precision != "int8":
+        return onnx_path, None
+    from .tensorrt_qdq import check_file, convert_file
+
+    problems = check_file(onnx_path)
+    if not problems:
+        return onnx_path, {"rule": "TensorRT: int8 zero points, all zero", "converted": False}
+    target = Path(workdir) / ONNX_FILE
+    report = convert_file(onnx_path, target)
+    return target, {**report.as_dict(), "converted": True, "quantizers_outside_rule_before": len(problems)}
 
 
 def default_timing_cache(trt_version: str, gpu_name: str, compute_capability: str) -> Path:
@@ -163,7 +188,7 @@ def keep_fp32_layers(network: "trt.INetworkDefinition") -> list[str]:
 def _parse_onnx(builder: "trt.Builder", logger: "trt.ILogger", onnx_path: Path) -> "tuple[trt.INetworkDefinition, trt.OnnxParser]":
     import tensorrt as trt
 
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(tensorrt_api(trt).network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -178,6 +203,7 @@ def build_engine(onnx_path: Path, options: TrtBuildOptions, input_name: str, ima
     import tensorrt as trt
 
     options.check()
+    api = tensorrt_api(trt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, parser = _parse_onnx(builder, logger, onnx_path)
@@ -197,7 +223,8 @@ def build_engine(onnx_path: Path, options: TrtBuildOptions, input_name: str, ima
         flags.append("OBEY_PRECISION_CONSTRAINTS")
     if options.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
-    shapes = profile_shapes(image_size, options.opt_batch, options.max_batch)
+    # The DLA runs static shapes only: with a 1..max profile and GPU fallback every layer would quietly run on the GPU.
+    shapes = profile_shapes(image_size, options.opt_batch, options.max_batch, static=options.dla_core is not None)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, trt.Dims(shapes["min"]), trt.Dims(shapes["opt"]), trt.Dims(shapes["max"]))
     config.add_optimization_profile(profile)
@@ -210,17 +237,19 @@ def build_engine(onnx_path: Path, options: TrtBuildOptions, input_name: str, ima
         config.DLA_core = int(options.dla_core)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         flags.append("GPU_FALLBACK")
-        on_dla = [network.get_layer(i).name for i in range(network.num_layers) if config.can_run_on_DLA(network.get_layer(i))]
-        dla = {"core": int(options.dla_core), "layers": network.num_layers, "layers_on_dla": len(on_dla),
-               "layers_on_gpu": network.num_layers - len(on_dla)}
+        capable = sum(1 for i in range(network.num_layers) if config.can_run_on_DLA(network.get_layer(i)))
+        dla = {"core": int(options.dla_core), "network_layers": network.num_layers, "network_layers_dla_capable": capable}
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names and tactics for engine_layers.json
     cache_path = None
     if options.timing_cache != "":
         cache_path = Path(options.timing_cache) if options.timing_cache else default_timing_cache(trt.__version__, gpu_name, compute_capability)
         cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(cache_bytes)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    if progress:
+        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+            # A cache from another TensorRT or GPU: start a fresh one, which replaces it after the build.
+            warnings.warn(f"timing cache {cache_path} was made by another TensorRT version or GPU; starting a new one there",
+                          RamEdgeWarning, stacklevel=2)
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    if progress and api.progress_monitor:
         config.progress_monitor = _progress_monitor()
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
@@ -229,13 +258,15 @@ def build_engine(onnx_path: Path, options: TrtBuildOptions, input_name: str, ima
                           f"try --workspace with more MB or another --precision")
     engine_bytes = bytes(serialized)
     seconds = time.perf_counter() - started
-    if cache_path is not None:
+    cache = config.get_timing_cache() if cache_path is not None else None
+    if cache is not None and cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache_path, "wb") as fh:
-            fh.write(bytes(config.get_timing_cache().serialize()))
+            fh.write(bytes(cache.serialize()))
     del parser
     record = {
         "version": trt.__version__,
+        "api": api.path,
         "gpu": {"name": gpu_name, "compute_capability": compute_capability},
         "precision": options.precision,
         "profile": {"input": input_name, **shapes},
@@ -245,9 +276,25 @@ def build_engine(onnx_path: Path, options: TrtBuildOptions, input_name: str, ima
         "dla_core": options.dla_core,
         "dla": dla,
         "build_seconds": round(seconds, 1),
-        "timing_cache": str(cache_path) if cache_path else None,
+        "timing_cache": str(cache_path) if cache is not None else None,
     }
     return engine_bytes, record
+
+
+def dla_placement(layers_json: str) -> dict[str, int]:
+    """What the engine inspector says runs on the DLA: its subgraphs (ForeignNodes fed through nvm reformats) and
+    the engine layers left on the GPU."""
+    try:
+        layers = json.loads(layers_json).get("Layers") or []
+    except (ValueError, AttributeError):
+        return {"dla_subgraphs": 0, "engine_layers_on_gpu": 0}
+    names = [str(layer.get("Name", layer) if isinstance(layer, dict) else layer) for layer in layers]
+    types = [str(layer.get("LayerType", "")) if isinstance(layer, dict) else "" for layer in layers]
+    nvm = any(" to nvm" in name or " from nvm" in name for name in names)
+    on_dla = [i for i, (name, kind) in enumerate(zip(names, types))
+              if "dla" in kind.lower() or (nvm and name.startswith("{ForeignNode["))]
+    reformats = [i for i, name in enumerate(names) if " to nvm" in name or " from nvm" in name]
+    return {"dla_subgraphs": len(on_dla), "engine_layers_on_gpu": len(names) - len(on_dla) - len(reformats)}
 
 
 def engine_layers(engine_bytes: bytes, dla_core: int | None) -> str:
@@ -267,7 +314,9 @@ def engine_layers(engine_bytes: bytes, dla_core: int | None) -> str:
 
 def validate_engine(bundle_dir: Path, onnx_path: Path, labels, precision: str, image_size: int, max_batch: int,
                     device: str | None) -> dict[str, Any]:
-    """Run the new engine (the trt runtime) and onnxruntime on the CPU on the same inputs; raise past the tolerance."""
+    """Run the new engine (the trt runtime) and onnxruntime on the CPU on the same inputs; raise past the tolerance.
+
+    `onnx_path` is the source bundle's ONNX, so an INT8 conversion for TensorRT is inside what is compared."""
     from ram_edge.labels import tag_set_f1
     from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime
 
@@ -279,10 +328,10 @@ def validate_engine(bundle_dir: Path, onnx_path: Path, labels, precision: str, i
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
-    batch_sizes = sorted({1, min(3, max_batch)})
-    rng = np.random.default_rng(0)
-    worst, f1s = 0.0, []
     with TensorRTRuntime(bundle_dir, device=device) as runtime:
+        batch_sizes = sorted({runtime.min_batch, min(max(3, runtime.min_batch), max_batch)})
+        rng = np.random.default_rng(0)
+        worst, f1s = 0.0, []
         for size in batch_sizes:
             batch = rng.uniform(-2.1, 2.6, size=(size, 3, image_size, image_size)).astype(np.float32)
             expected = session.run([output_name], {input_name: batch})[0]
@@ -294,54 +343,72 @@ def validate_engine(bundle_dir: Path, onnx_path: Path, labels, precision: str, i
             f1s.extend(tag_set_f1(labels.fired(got), labels.fired(expected)).tolist())
     tolerance = TOLERANCES[precision]
     if worst > tolerance:
-        raise ExportError(f"the {precision} engine differs from onnxruntime on the same ONNX by up to {worst:.3g} "
+        raise ExportError(f"the {precision} engine differs from onnxruntime on the source ONNX by up to {worst:.3g} "
                           f"(tolerance {tolerance:g}); no bundle was written")
     return {"output": output_name, "max_abs_diff": worst, "tolerance": tolerance, "batch_sizes": batch_sizes,
-            "runtime": "TensorRT vs onnxruntime CPU (same ONNX)", "compute_precision": precision,
+            "runtime": "TensorRT vs onnxruntime CPU (the source bundle's ONNX)", "compute_precision": precision,
             "tag_set_f1": float(np.mean(f1s))}
 
 
 def build_trt_bundle(source: str | Path, out_dir: str | Path, options: TrtBuildOptions, *, device: str | None = None,
                      overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Build a TensorRT bundle from an ONNX (or TensorRT) bundle at `source`; returns the manifest."""
-    import tensorrt as trt
 
     from ram_edge.runtimes.cuda_memory import open_cuda
-    from ram_edge.runtimes.tensorrt_runtime import parse_device
+    from ram_edge.runtimes.tensorrt_runtime import parse_device, tensorrt_import_error
+
+    problem = tensorrt_import_error()
+    if problem:
+        raise ExportError(problem)
+    import tensorrt as trt
 
     options.check()
     bundle = read_bundle(source)
-    onnx_path, origin = source_onnx(bundle, options.precision)
+    source_path, origin = source_onnx(bundle, options.precision)
     refuse_existing(out_dir, overwrite)
-    memory = open_cuda(parse_device(device))
-    gpu = memory.gpu()
     size = bundle.preprocess.image_size
-    with memory.active():
-        engine_bytes, record = build_engine(onnx_path, options, bundle.input_name, size, gpu.name, gpu.compute_capability,
-                                            progress=progress)
-        layers = engine_layers(engine_bytes, options.dla_core)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        shutil.copyfile(onnx_path, tmp / ONNX_FILE)
-        onnx_weights = data_file(onnx_path)
-        copied = {"onnx_weights": onnx_weights.name} if onnx_weights.exists() else {}
-        if copied:  # the graph names its weights file: it keeps that name beside the copy
-            shutil.copyfile(onnx_weights, tmp / onnx_weights.name)
-        (tmp / ENGINE_FILE).write_bytes(engine_bytes)
-        (tmp / LAYERS_FILE).write_text(layers, encoding="utf-8")
-        manifest = {key: value for key, value in bundle.manifest.items() if key not in ("sha256", "source_bundle", "tensorrt")}
-        manifest.update({
-            "model_format": "trt",
-            "precision": options.precision,
-            "compute_precision": options.precision,
-            "files": {"model": ENGINE_FILE, "onnx": ONNX_FILE, "layers": LAYERS_FILE, **copied},
-            "tensorrt": record,
-            "source_bundle": {**origin, "path": origin.get("path") or str(Path(source))},
-        })
-        manifest["tools"] = {**(manifest.get("tools") or {}), "tensorrt": trt.__version__, "cuda_memory": memory.name}
-        write_manifest(tmp, manifest)  # the runtime below reads the bundle as users will
-        manifest["validation"] = validate_engine(tmp, tmp / ONNX_FILE, bundle.labels, options.precision, size,
-                                                 options.max_batch, device)
-        manifest = write_manifest(tmp, manifest)
+    with tempfile.TemporaryDirectory(prefix="ram-edge-trt-onnx-") as work:
+        onnx_path, qdq = tensorrt_ready_onnx(source_path, options.precision, Path(work))
+        if qdq is not None and not qdq["converted"] and bundle.format == "trt":
+            qdq = (bundle.manifest.get("tensorrt") or {}).get("qdq") or qdq  # a rebuild keeps the record of its conversion
+        memory = open_cuda(parse_device(device))
+        try:
+            gpu = memory.gpu()
+            with memory.active():
+                engine_bytes, record = build_engine(onnx_path, options, bundle.input_name, size, gpu.name,
+                                                    gpu.compute_capability, progress=progress)
+                layers = engine_layers(engine_bytes, options.dla_core)
+        finally:
+            memory.close()
+        if qdq is not None:
+            record["qdq"] = qdq
+        if record.get("dla"):
+            record["dla"].update({**dla_placement(layers), "source": "engine inspector"})
+            if not record["dla"]["dla_subgraphs"]:
+                warnings.warn(f"--dla-core {options.dla_core}: the engine inspector shows no layer on the DLA; the engine runs "
+                              f"on the GPU", RamEdgeWarning, stacklevel=2)
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            shutil.copyfile(onnx_path, tmp / ONNX_FILE)
+            onnx_weights = data_file(onnx_path)
+            copied = {"onnx_weights": onnx_weights.name} if onnx_weights.exists() else {}
+            if copied:  # the graph names its weights file: it keeps that name beside the copy
+                shutil.copyfile(onnx_weights, tmp / onnx_weights.name)
+            (tmp / ENGINE_FILE).write_bytes(engine_bytes)
+            (tmp / LAYERS_FILE).write_text(layers, encoding="utf-8")
+            manifest = {key: value for key, value in bundle.manifest.items() if key not in ("sha256", "source_bundle", "tensorrt")}
+            manifest.update({
+                "model_format": "trt",
+                "precision": options.precision,
+                "compute_precision": options.precision,
+                "files": {"model": ENGINE_FILE, "onnx": ONNX_FILE, "layers": LAYERS_FILE, **copied},
+                "tensorrt": record,
+                "source_bundle": {**origin, "path": origin.get("path") or str(Path(source))},
+            })
+            manifest["tools"] = {**(manifest.get("tools") or {}), "tensorrt": trt.__version__, "cuda_memory": memory.name}
+            write_manifest(tmp, manifest)  # the runtime below reads the bundle as users will
+            manifest["validation"] = validate_engine(tmp, source_path, bundle.labels, options.precision, size,
+                                                     options.max_batch, device)
+            manifest = write_manifest(tmp, manifest)
     return manifest
 
 
@@ -354,6 +421,10 @@ def summary(manifest: dict[str, Any]) -> str:
     dla = record.get("dla")
     where = f"{record['gpu']['name']} (sm {record['gpu']['compute_capability']})"
     if dla:
-        where += f", DLA core {dla['core']}: {dla['layers_on_dla']}/{dla['layers']} layers on the DLA"
+        where += (f", DLA core {dla['core']}: {dla.get('dla_subgraphs', 0)} DLA subgraph(s), "
+                  f"{dla.get('engine_layers_on_gpu', '?')} engine layers on the GPU")
+    qdq = record.get("qdq") or {}
+    if qdq.get("converted"):
+        where += f"; {qdq['activation_quantizers_converted']} asymmetric quantizers made symmetric for TensorRT"
     return (f"TensorRT {record['version']} {record['precision']} engine for {where}, batch 1..{record['profile']['max'][0]} "
             f"(opt {record['profile']['opt'][0]}), {record['fp32_layers']} layers kept in fp32, built in {record['build_seconds']} s; {checked}")

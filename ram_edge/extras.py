@@ -43,7 +43,7 @@ FALLBACK_EXTRAS: dict[str, tuple[str, ...]] = {
     "ort": ("onnxruntime",),
     "openvino": ("openvino",),
     "torch": ("torch", "safetensors"),
-    "trt": ("tensorrt", "cuda-python", "onnxruntime"),
+    "trt": ("tensorrt", "cuda-python", "onnxruntime", "onnx"),
     "video": ("opencv-python-headless",),
     "plots": ("matplotlib",),
     "export": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers"),

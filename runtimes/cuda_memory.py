@@ -76,6 +76,9 @@ class CudaMemory:
     def destroy_stream(self, stream: Any) -> None:
         """Release a stream."""
 
+    def close(self) -> None:
+        """Release what this object holds of the device (idempotent); buffers and streams are freed before."""
+
     def alloc_device(self, nbytes: int) -> DeviceBuffer:
         """`nbytes` of device memory."""
         raise NotImplementedError
@@ -122,7 +125,7 @@ class PyCudaMemory(CudaMemory):
         self._device = cuda.Device(device_index)
         # The primary context is shared with the CUDA runtime (PyTorch, onnxruntime); pycuda.autoinit would
         # create a separate one. Retained here, made current around every use, released on close.
-        self._context = self._device.retain_primary_context()
+        self._context: Any = self._device.retain_primary_context()
 
     def device_count(self) -> int:
         """Devices the driver sees."""
@@ -133,9 +136,17 @@ class PyCudaMemory(CudaMemory):
         major, minor = self._device.compute_capability()
         return GpuInfo(self.device_index, self._device.name(), f"{major}.{minor}")
 
+    def close(self) -> None:
+        """Release the retained primary context (the driver destroys it when its last user releases it)."""
+        context, self._context = self._context, None
+        if context is not None:
+            context.detach()
+
     @contextmanager
     def active(self) -> Iterator[None]:
         """Push the primary context for the block (contexts are per thread in the driver API)."""
+        if self._context is None:
+            raise RuntimeUnavailableError("this pycuda device memory was closed")
         self._context.push()
         try:
             yield
@@ -202,7 +213,6 @@ class CudaPythonMemory(CudaMemory):
         if device_index >= count:
             raise RuntimeUnavailableError(f"CUDA device {device_index} does not exist (cuda-python sees {count} device(s))")
         self._count = int(count)
-        self._call(self._rt.cudaSetDevice(device_index), "cudaSetDevice")
         self._host: dict[int, int] = {}  # id(array) -> host pointer
 
     def _call(self, result: Any, what: str) -> Any:
@@ -228,18 +238,23 @@ class CudaPythonMemory(CudaMemory):
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """cudaSetDevice for this thread (the runtime API then uses that device's primary context)."""
+        """This device current in this thread for the block (the runtime API then uses its primary context),
+        and the caller's device current again after it: the host program may be using another GPU."""
+        previous = self._call(self._rt.cudaGetDevice(), "cudaGetDevice")
         self._call(self._rt.cudaSetDevice(self.device_index), "cudaSetDevice")
-        yield
+        try:
+            yield
+        finally:
+            if int(previous) != self.device_index:
+                self._call(self._rt.cudaSetDevice(int(previous)), "cudaSetDevice")
 
     def create_stream(self) -> Any:
         """cudaStreamCreate."""
         return self._call(self._rt.cudaStreamCreate(), "cudaStreamCreate")
 
     def stream_handle(self, stream: Any) -> int:
-        """The cudaStream_t address."""
-        get_ptr = getattr(stream, "getPtr", None)
-        return int(get_ptr()) if callable(get_ptr) else int(stream)
+        """The cudaStream_t value itself: `int(stream)` (`getPtr()` is where cuda-python stores it, not the stream)."""
+        return int(stream)
 
     def synchronize(self, stream: Any) -> None:
         """cudaStreamSynchronize."""

@@ -1,4 +1,4 @@
-"""TensorRT backend: a bundle's serialized engine on an NVIDIA GPU (desktop or Jetson), TensorRT 10+.
+"""TensorRT backend: a bundle's serialized engine on an NVIDIA GPU (desktop or Jetson), TensorRT 8.5 to 10.x.
 
 TensorRT's name-based tensor API (`set_input_shape`, `set_tensor_address`, `execute_async_v3`) on
 one CUDA stream; page-locked host and device buffers sized for the largest batch seen, reused across
@@ -21,6 +21,7 @@ from ram_edge.errors import BundleError, RuntimeUnavailableError
 
 from .base import Runtime, normalize_compute_precision
 from .cuda_memory import INSTALL_HINT, CudaMemory, DeviceBuffer, GpuInfo, installed_backends, open_cuda
+from .tensorrt_version import version_problem
 
 TENSORRT_INSTALL_HINT = (
     "TensorRT's Python package `tensorrt` is missing: on a desktop or server GPU install it with "
@@ -42,13 +43,7 @@ def tensorrt_import_error() -> str | None:
         # A folder of type stubs (tensorrt-stubs) imports as an empty namespace package.
         where = ", ".join(getattr(tensorrt, "__path__", [])) or "?"
         return (f"`import tensorrt` finds {where}, which is not TensorRT (type stubs only?); " + TENSORRT_INSTALL_HINT)
-    version = str(getattr(tensorrt, "__version__", "0"))
-    major = version.split(".")[0]
-    if not major.isdigit() or int(major) < 10:
-        # TensorRT 8.x networks default to implicit batch and lack parts of the name-based tensor API used here.
-        return (f"TensorRT {version} is installed; the trt runtime needs TensorRT 10 or later "
-                f"(`pip install -U 'ram-edge[trt]'` on a desktop; JetPack 6 on a Jetson)")
-    return None
+    return version_problem(str(getattr(tensorrt, "__version__", "0")))
 
 
 def parse_device(device: str | None) -> int:
@@ -87,6 +82,11 @@ def engine_mismatch(record: dict[str, Any], trt_version: str, gpu: GpuInfo) -> s
         reasons.append(f"it was built on {built_gpu.get('name', '?')} (compute capability {built_gpu.get('compute_capability', '?')}), "
                        f"this is {gpu.name} (compute capability {gpu.compute_capability})")
     return "; ".join(reasons) or None
+
+
+def _per_image(shape: Any) -> int:
+    """Elements per image of an engine tensor of `shape` (batch first)."""
+    return int(np.prod([int(shape[i]) for i in range(1, len(shape))] or [1]))
 
 
 class TensorRTRuntime(Runtime):
@@ -171,6 +171,8 @@ class TensorRTRuntime(Runtime):
         self._min_batch, self._max_batch = int(min_shape[0]), int(max_shape[0])
         self._image_shape = tuple(int(d) for d in max_shape[1:])
         self._num_classes = int(engine.get_tensor_shape(self._output)[1])
+        self._per_image = {name: _per_image(engine.get_tensor_shape(name)) for name in self._io_names}
+        self._per_image[self._input] = int(np.prod(self._image_shape))
 
     def _check_io(self) -> None:
         import tensorrt as trt
@@ -181,7 +183,13 @@ class TensorRTRuntime(Runtime):
             if names.get(name) != mode:
                 raise BundleError(f"{self.bundle.path}: the engine has no {mode.name.lower()} tensor {name!r} "
                                   f"(it has {', '.join(names)}); rebuild it with: {rebuild_command(self.bundle.path, self.record)}")
-        self._dtypes = {name: np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))) for name in (self._input, self._output)}
+        other_inputs = [n for n, mode in names.items() if mode == trt.TensorIOMode.INPUT and n != self._input]
+        if other_inputs:
+            raise BundleError(f"{self.bundle.path}: the engine takes inputs besides the image ({', '.join(other_inputs)}); "
+                              f"a ram-edge engine has one: rebuild it with: {rebuild_command(self.bundle.path, self.record)}")
+        # TensorRT needs an address for every I/O tensor: outputs the bundle does not read get buffers too.
+        self._io_names = [self._input, self._output] + [n for n in names if n not in (self._input, self._output)]
+        self._dtypes = {name: np.dtype(trt.nptype(self._engine.get_tensor_dtype(name))) for name in self._io_names}
 
     @property
     def device(self) -> str:
@@ -196,6 +204,11 @@ class TensorRTRuntime(Runtime):
         return self.bundle.precision
 
     @property
+    def min_batch(self) -> int:
+        """The smallest batch of the engine's profile (a DLA engine's static batch; smaller batches are padded)."""
+        return self._min_batch
+
+    @property
     def max_batch(self) -> int:
         """The largest batch of the engine's optimization profile (larger batches run in chunks)."""
         return self._max_batch
@@ -205,10 +218,15 @@ class TensorRTRuntime(Runtime):
         if batch <= self._capacity:
             return
         self._free_buffers()
-        per_image = {self._input: int(np.prod(self._image_shape)), self._output: self._num_classes}
-        for name, count in per_image.items():
-            host = self._memory.alloc_host(count * batch, self._dtypes[name])
-            self._buffers[name] = (host, self._memory.alloc_device(host.nbytes))
+        for name in self._io_names:
+            host = self._memory.alloc_host(self._per_image[name] * batch, self._dtypes[name])
+            try:
+                device = self._memory.alloc_device(host.nbytes)
+            except BaseException:
+                self._memory.free_host(host)  # out of device memory: nothing of this attempt stays pinned
+                self._free_buffers()
+                raise
+            self._buffers[name] = (host, device)
         self._capacity = batch
 
     def _free_buffers(self) -> None:
@@ -248,8 +266,8 @@ class TensorRTRuntime(Runtime):
         if not self._context.set_input_shape(self._input, (padded, *self._image_shape)):
             raise RuntimeUnavailableError(f"TensorRT refused input shape {(padded, *self._image_shape)} for {self._input!r} "
                                           f"(profile batch {self._min_batch}..{self._max_batch})")
-        self._context.set_tensor_address(self._input, device_in.ptr)
-        self._context.set_tensor_address(self._output, device_out.ptr)
+        for name in self._io_names:
+            self._context.set_tensor_address(name, self._buffers[name][1].ptr)
         if not self._context.execute_async_v3(self._memory.stream_handle(self._stream)):
             raise RuntimeUnavailableError("TensorRT execute_async_v3 failed (see the TensorRT message above)")
         self._memory.copy_to_host(host_out[:count_out], device_out, self._stream)
@@ -273,6 +291,7 @@ class TensorRTRuntime(Runtime):
             for attr in ("_context", "_engine", "_trt_runtime"):
                 if hasattr(self, attr):
                     delattr(self, attr)
+        memory.close()
 
     def __del__(self) -> None:
         try:

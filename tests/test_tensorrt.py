@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import cuda_double
 import trt_double
 from ram_edge.bundle import read_bundle, write_manifest
 from ram_edge.cli.main import cli
@@ -159,8 +160,8 @@ def test_fp16_engine_bundle_manifest(fp16_engine, fp32_bundle):
     assert bundle.files == {"model": "model.engine", "onnx": "model.onnx", "layers": "engine_layers.json"}
     assert (fp16_engine / "model.onnx").read_bytes() == (fp32_bundle / "model.onnx").read_bytes()
     record = bundle.manifest["tensorrt"]
-    assert record["version"] == trt_double.VERSION
-    assert record["gpu"] == {"name": trt_double.GPU.name, "compute_capability": trt_double.GPU.compute_capability}
+    assert record["version"] == trt_double.VERSION and record["api"].startswith("TensorRT 10.x API")
+    assert record["gpu"] == {"name": trt_double.GPU_NAME, "compute_capability": trt_double.CAPABILITY}
     assert record["profile"] == {"input": "images", "min": [1, 3, 160, 160], "opt": [2, 3, 160, 160], "max": [4, 3, 160, 160]}
     assert record["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
     ops = [n.op_type for n in onnx.load(str(fp32_bundle / "model.onnx")).graph.node]
@@ -174,7 +175,7 @@ def test_fp16_engine_bundle_manifest(fp16_engine, fp32_bundle):
     val = bundle.manifest["validation"]
     assert val["max_abs_diff"] == 0.0 and val["tag_set_f1"] == 1.0 and val["batch_sizes"] == [1, 3]
     assert bundle.manifest["source_bundle"]["precision"] == "fp32"
-    assert json.loads((fp16_engine / "engine_layers.json").read_text())["double"] is True
+    assert "Layers" in json.loads((fp16_engine / "engine_layers.json").read_text())
 
 
 def test_fp32_engine_turns_tf32_off_and_timing_cache_is_reused(double, fp32_bundle, tmp_path):
@@ -209,11 +210,33 @@ def test_dla_core_checks_and_report(double, fp32_bundle, tmp_path):
     with pytest.raises(ExportError, match="2 DLA core"):
         build_trt_bundle(fp32_bundle, tmp_path / "x", TrtBuildOptions(dla_core=2, max_batch=1), progress=False)
     assert not (tmp_path / "x").exists()
-    manifest = build_trt_bundle(fp32_bundle, tmp_path / "dla", TrtBuildOptions(dla_core=1, max_batch=1), progress=False)
-    dla = manifest["tensorrt"]["dla"]
-    assert dla["core"] == 1 and 0 < dla["layers_on_dla"] < dla["layers"] and "GPU_FALLBACK" in manifest["tensorrt"]["flags"]
+    with pytest.raises(ExportError, match="static shapes only"):
+        TrtBuildOptions(dla_core=1, max_batch=2, opt_batch=1).check()
+    # A DLA engine has a static profile: with TensorRT's 1..max profile and GPU fallback every layer would run on the GPU.
+    manifest = build_trt_bundle(fp32_bundle, tmp_path / "dla", TrtBuildOptions(dla_core=1, max_batch=2, opt_batch=2),
+                                progress=False)
+    record = manifest["tensorrt"]
+    assert record["profile"]["min"] == record["profile"]["opt"] == record["profile"]["max"] == [2, 3, 160, 160]
+    dla = record["dla"]
+    assert dla["core"] == 1 and dla["source"] == "engine inspector" and "GPU_FALLBACK" in record["flags"]
+    assert dla["dla_subgraphs"] > 0 and dla["engine_layers_on_gpu"] > 0  # read from what the inspector says ran where
+    assert 0 < dla["network_layers_dla_capable"] < dla["network_layers"]
     with TensorRTRuntime(tmp_path / "dla") as runtime:  # the double refuses a DLA engine unless the runtime sets its core
-        assert "DLA core 1" in runtime.device
+        assert "DLA core 1" in runtime.device and runtime.min_batch == runtime.max_batch == 2
+        assert runtime.run(np.zeros((1, 3, 160, 160), np.float32)).shape == (1, 359)  # padded to the static batch
+    assert manifest["validation"]["batch_sizes"] == [2]
+
+
+def test_dla_placement_from_the_inspector():
+    from ram_edge.export.tensorrt_format import dla_placement
+
+    # trtexec --dumpLayerInfo of a DLA engine: the DLA subgraph is a ForeignNode between "to nvm" / "from nvm" reformats.
+    dla = {"Layers": [{"Name": "images to nvm"}, {"Name": "{ForeignNode[Conv_0...Concat_198]}"}, {"Name": "head from nvm"},
+                      {"Name": "Softmax_3"}]}
+    assert dla_placement(json.dumps(dla)) == {"dla_subgraphs": 1, "engine_layers_on_gpu": 1}
+    gpu_only = {"Layers": [{"Name": "{ForeignNode[/MatMul...Softmax]}", "LayerType": "Myelin"}, {"Name": "Sigmoid"}]}
+    assert dla_placement(json.dumps(gpu_only)) == {"dla_subgraphs": 0, "engine_layers_on_gpu": 2}  # a Myelin graph is GPU
+    assert dla_placement("not json") == {"dla_subgraphs": 0, "engine_layers_on_gpu": 0}
 
 
 def test_failed_build_leaves_nothing(double, fp32_bundle, tmp_path):
@@ -242,7 +265,7 @@ def test_tagger_on_trt_matches_onnxruntime(fp16_engine, fp32_bundle):
     images = _images(6)
     with Tagger.load(fp32_bundle, runtime="ort") as reference, Tagger.load(fp16_engine) as tagger:
         assert tagger.runtime.name == "trt"  # auto picks TensorRT for a TensorRT bundle
-        assert tagger.runtime.compute_precision == "fp16" and trt_double.GPU.name in tagger.runtime.device
+        assert tagger.runtime.compute_precision == "fp16" and trt_double.GPU_NAME in tagger.runtime.device
         expected, got = reference.tag(images), tagger.tag(images)
     assert [r.tags for r in got] == [r.tags for r in expected]
     assert any(r.tags for r in got)
@@ -255,7 +278,7 @@ def test_buffers_sized_for_largest_batch_reused_and_freed(fp16_engine, fp32_bund
     rng = np.random.default_rng(3)
     batch = rng.uniform(-2, 2, size=(9, 3, 160, 160)).astype(np.float32)
     expected = OrtRuntime(fp32_bundle).run(batch)
-    device, before = trt_double.DEVICE, dict(trt_double.DEVICE.blocks)
+    device, before = cuda_double.GPU, dict(cuda_double.GPU.blocks)
     runtime = TensorRTRuntime(fp16_engine, device="cuda:0")
     start = device.allocations
     np.testing.assert_allclose(runtime.run(batch[:2]), expected[:2], atol=1e-6)
@@ -387,14 +410,18 @@ def test_missing_tensorrt_says_what_to_install(fp16_engine, fp32_bundle, tmp_pat
 
 
 def test_cuda_python_without_a_driver_is_one_clear_error():
-    if not cuda_memory._has_cuda_python():
+    """The real cuda-python (a fresh process: this module's double is not there)."""
+    code = ("from ram_edge.runtimes import cuda_memory\n"
+            "if not cuda_memory._has_cuda_python(): print('absent')\n"
+            "else:\n"
+            "    try: print('device', cuda_memory.CudaPythonMemory(0).gpu().name)\n"
+            "    except Exception as exc: print(type(exc).__name__, exc)\n")
+    out = _cli_python(code).stdout.strip()
+    if out == "absent":
         pytest.skip("cuda-python is not installed")
-    try:
-        memory = cuda_memory.CudaPythonMemory(0)
-    except RuntimeUnavailableError as exc:
-        assert "cudaGetDeviceCount" in str(exc) or "does not exist" in str(exc)
-        return
-    pytest.skip(f"a CUDA device is present here ({memory.gpu().name})")
+    if out.startswith("device "):
+        pytest.skip(f"a CUDA device is present here ({out})")
+    assert out.startswith("RuntimeUnavailableError") and ("cudaGetDeviceCount" in out or "does not exist" in out), out
 
 
 def test_missing_cuda_library_hint(monkeypatch):
@@ -438,32 +465,324 @@ def test_gpu_check_default_model_part(double, tmp_path, monkeypatch):
     assert "INT8 engine" in text and "TensorRT int8" in text and json.loads(report.with_suffix(".json").read_text())["speed"] == speed
 
 
-def test_tensorrt_8_is_refused(monkeypatch):
+# ---- TensorRT versions: JetPack 5.1 (8.5), JetPack 6.0 (8.6), JetPack 6.1/6.2 (10.3), desktop wheels (10.x) ----
+
+@pytest.mark.parametrize("pose", ["8.5", "8.6", "10.3", "10.x"])
+def test_engines_build_and_run_on_every_supported_tensorrt(pose, fp32_bundle, tmp_path, monkeypatch):
+    from ram_edge.export.tensorrt_format import TrtBuildOptions, build_trt_bundle
+    from ram_edge.runtimes.ort_runtime import OrtRuntime
+    from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime, tensorrt_import_error
+
+    version = trt_double.POSES[pose]
+    trt_double.install(monkeypatch, tmp_path / "cache", version=version)
+    assert tensorrt_import_error() is None
+    manifest = build_trt_bundle(fp32_bundle, tmp_path / "engine", TrtBuildOptions(max_batch=2), progress=False)
+    record = manifest["tensorrt"]
+    assert record["version"] == version and record["api"].startswith(f"TensorRT {version.split('.')[0]}.x API")
+    # 8.x networks need the explicit-batch flag to parse ONNX; 8.x bindings have no progress monitor.
+    assert ("explicit-batch flag" in record["api"]) == pose.startswith("8") and ("progress monitor" in record["api"]) == (not pose.startswith("8"))
+    batch = np.random.default_rng(1).uniform(-2, 2, size=(2, 3, 160, 160)).astype(np.float32)
+    with TensorRTRuntime(tmp_path / "engine") as runtime:
+        np.testing.assert_allclose(runtime.run(batch), OrtRuntime(fp32_bundle).run(batch), atol=1e-6)
+
+
+@pytest.mark.parametrize("version, needles", [
+    ("8.4.3.1", ["TensorRT 8.4.3.1", "8.5 or later", "JetPack 5.1"]),
+    ("11.0.0.double", ["TensorRT 11.0.0.double", "8.5 to 10.x", "tensorrt>=10,<11"]),
+])
+def test_tensorrt_outside_8_5_to_10_is_refused(version, needles, fp32_bundle, tmp_path, monkeypatch):
+    from ram_edge.export.tensorrt_format import TrtBuildOptions, build_trt_bundle
     from ram_edge.runtimes.tensorrt_runtime import tensorrt_import_error
 
-    old = trt_double.module()
-    old.__version__ = "8.5.2.2"
-    monkeypatch.setitem(sys.modules, "tensorrt", old)
-    assert "TensorRT 10 or later" in tensorrt_import_error() and "JetPack 6" in tensorrt_import_error()
+    trt_double.install(monkeypatch, tmp_path / "cache", version=version)
+    message = tensorrt_import_error()
+    assert all(n in message for n in needles), message
+    with pytest.raises(ExportError, match="8.5"):  # a Python caller of the builder is told the same, not an AttributeError
+        build_trt_bundle(fp32_bundle, tmp_path / "engine", TrtBuildOptions(max_batch=1), progress=False)
+    assert not (tmp_path / "engine").exists()
 
 
-def test_building_and_running_an_engine_never_imports_torch(fp32_bundle, tmp_path):
-    """A Jetson with TensorRT and onnxruntime but no torch builds from a bundle and runs it."""
+# ---- INT8: TensorRT's symmetric Q/DQ rule -------------------------------------------------------
+
+def _parses(trt, path: Path) -> tuple[bool, list[str]]:
+    from ram_edge.runtimes.tensorrt_version import tensorrt_api
+
+    logger = trt.Logger()
+    network = trt.Builder(logger).create_network(tensorrt_api(trt).network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse_from_file(str(path))
+    return ok, [parser.get_error(i) for i in range(parser.num_errors)]
+
+
+def test_strict_parser_refuses_asymmetric_int8_and_accepts_its_conversion(double, int8_bundle, tmp_path):
+    import tensorrt as trt
+
+    from ram_edge.export.tensorrt_qdq import check_file, convert_file
+
+    ok, errors = _parses(trt, int8_bundle / "model.onnx")  # the shipped INT8 bundle: NNCF's uint8 activations
+    assert not ok and any("symmetric" in e or "INT8" in e for e in errors), errors
+    assert check_file(int8_bundle / "model.onnx")
+    report = convert_file(int8_bundle / "model.onnx", tmp_path / "model.onnx")
+    assert _parses(trt, tmp_path / "model.onnx") == (True, []) and check_file(tmp_path / "model.onnx") == []
+    assert report.activation_quantizers > 0 and 1.0 <= min(report.scale_growth) and max(report.scale_growth) <= 2.01
+
+
+def _qdq_model(zero_point: int, zp_type: int, weight_zp: int):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.array([[0, 10, 200], [5, 128, 255]], np.uint8), "w_q")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w_q", "ws", "wzp"], ["w"], name="wdq", axis=0),
+        helper.make_node("MatMul", ["xd", "w"], ["y"], name="mm"),
+    ]
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             helper.make_tensor("zp", zp_type, [], [zero_point]), weight,
+             numpy_helper.from_array(np.array([0.01, 0.02], np.float32), "ws"),
+             numpy_helper.from_array(np.array([weight_zp, weight_zp], np.uint8), "wzp")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_symmetric_conversion_keeps_the_range_and_the_weights():
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from ram_edge.export.tensorrt_qdq import to_symmetric_int8, violations
+
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the Q/DQ nodes as written
+
+    model = _qdq_model(200, TensorProto.UINT8, 100)  # activations in [-10, 2.75], weights with a zero point
+    assert len(violations(model)) == 3
+    x = np.linspace(-10, 2.75, 8, dtype=np.float32).reshape(4, 2)
+    before = ort.InferenceSession(model.SerializeToString(), plain).run(None, {"x": x})[0]
+    converted, report = to_symmetric_int8(model)
+    assert violations(converted) == [] and report.activation_quantizers == 1 and report.weight_tensors == 1
+    after = ort.InferenceSession(converted.SerializeToString(), plain).run(None, {"x": x})[0]
+    # New scale 10/127 covers [-10, 10]: each activation moves by at most half a step of either scale.
+    step = 10 / 127 / 2 + 0.05 / 2
+    weights_max = (255 - 100) * 0.02
+    assert np.abs(after - before).max() <= step * weights_max * 2 + 0.02 * 10
+    assert report.as_dict()["scale_growth_max"] == pytest.approx((10 / 127) / 0.05, rel=1e-4)
+    symmetric = _qdq_model(0, TensorProto.INT8, 0)
+    assert [v for v in violations(symmetric) if "wdq" not in v] == []  # int8 zero 0 passes; the uint8 weight zp does not
+
+
+def test_int8_engine_from_the_shipped_bundle_is_made_symmetric(double, int8_bundle, tmp_path):
+    from ram_edge.export.tensorrt_format import TrtBuildOptions, build_trt_bundle
+    from ram_edge.export.tensorrt_qdq import check_file
+
+    out = tmp_path / "int8"
+    manifest = build_trt_bundle(int8_bundle, out, TrtBuildOptions(precision="int8", max_batch=2), progress=False)
+    qdq = manifest["tensorrt"]["qdq"]
+    assert qdq["converted"] and qdq["activation_quantizers_converted"] > 0 and check_file(out / "model.onnx") == []
+    # Validated against onnxruntime on the *source* (asymmetric) ONNX: the conversion is inside what is compared.
+    assert "source bundle" in manifest["validation"]["runtime"] and manifest["validation"]["max_abs_diff"] > 0
+    assert manifest["validation"]["max_abs_diff"] <= 0.15
+    rebuilt = build_trt_bundle(out, out, TrtBuildOptions(precision="int8", max_batch=2), progress=False, overwrite=True)
+    assert rebuilt["tensorrt"]["qdq"] == qdq  # a rebuild from the bundle keeps the record of its conversion
+
+
+# ---- the CUDA layer against the strict CUDA double -----------------------------------------------
+
+def test_cuda_python_stream_handle_is_the_stream_itself(double):
+    memory = cuda_memory.open_cuda(0)
+    assert memory.name == "cuda-python"
+    stream = memory.create_stream()
+    # TensorRT's execute_async_v3 takes the cudaStream_t value; getPtr() is the address where cuda-python keeps it.
+    assert memory.stream_handle(stream) == int(stream) != stream.getPtr()
+    memory.destroy_stream(stream)
+
+
+@pytest.mark.parametrize("library", ["cuda-python", "pycuda"])
+def test_async_copies_arrive_only_after_synchronize(library, monkeypatch, tmp_path):
+    trt_double.install(monkeypatch, tmp_path, cuda=library)
+    memory = cuda_memory.open_cuda(0)
+    with memory.active():
+        stream = memory.create_stream()
+        host = memory.alloc_host(4, np.float32)
+        host[:] = [1, 2, 3, 4]
+        out = memory.alloc_host(4, np.float32)
+        out[:] = 0
+        device = memory.alloc_device(host.nbytes)
+        memory.copy_to_device(device, host, stream)
+        memory.copy_to_host(out, device, stream)
+        assert out.tolist() == [0, 0, 0, 0]  # enqueued, not done
+        memory.synchronize(stream)
+        assert out.tolist() == [1, 2, 3, 4]
+        memory.free_device(device)
+        memory.free_host(host)
+        memory.free_host(out)
+        memory.destroy_stream(stream)
+        del stream  # pycuda destroys a stream with its object
+    memory.close()
+    gpu = cuda_double.GPU
+    assert gpu.blocks == {} and gpu.host_live == 0 and cuda_double._HostAllocation.live == 0 and gpu.streams_live == 0
+    assert gpu.retained_contexts == 0
+
+
+@pytest.mark.parametrize("library", ["cuda-python", "pycuda"])
+def test_runtime_on_each_cuda_library_releases_everything(library, fp16_engine, fp32_bundle, monkeypatch, tmp_path):
+    from ram_edge.runtimes.ort_runtime import OrtRuntime
+    from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime
+
+    trt_double.install(monkeypatch, tmp_path, cuda=library)
+    batch = np.random.default_rng(2).uniform(-2, 2, size=(3, 3, 160, 160)).astype(np.float32)
+    with TensorRTRuntime(fp16_engine) as runtime:
+        assert cuda_double.GPU.retained_contexts == (1 if library == "pycuda" else 0)
+        np.testing.assert_allclose(runtime.run(batch), OrtRuntime(fp32_bundle).run(batch), atol=1e-6)
+    gpu = cuda_double.GPU
+    assert gpu.blocks == {} and gpu.host_live == 0 and cuda_double._HostAllocation.live == 0 and gpu.streams_live == 0
+    assert gpu.retained_contexts == 0  # pycuda's retained primary context is released on close
+
+
+def test_the_callers_cuda_device_is_restored(double, fp16_engine):
+    from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime
+
+    cudart = sys.modules["cuda.bindings.runtime"]
+    cuda_double.GPU.device_count = 2
+    try:
+        cudart.cudaSetDevice(1)  # the host application works on GPU 1
+        with TensorRTRuntime(fp16_engine, device="cuda:0") as runtime:
+            runtime.run(np.zeros((1, 3, 160, 160), np.float32))
+            assert cudart.cudaGetDevice()[1] == 1
+        assert cudart.cudaGetDevice()[1] == 1
+    finally:
+        cudart.cudaSetDevice(0)
+        cuda_double.GPU.device_count = 1
+
+
+def test_out_of_device_memory_leaves_nothing_pinned(double, fp16_engine):
+    from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime
+
+    gpu = cuda_double.GPU
+    runtime = TensorRTRuntime(fp16_engine)
+    blocks, pinned = dict(gpu.blocks), dict(gpu.pinned)
+    gpu.fail_malloc_after = len(gpu.blocks) + 1  # the input's device buffer fits, the output's does not
+    try:
+        with pytest.raises(RuntimeUnavailableError, match="cudaMalloc"):
+            runtime.run(np.zeros((1, 3, 160, 160), np.float32))
+        assert gpu.blocks == blocks and gpu.pinned == pinned
+    finally:
+        gpu.fail_malloc_after = None
+    assert runtime.run(np.zeros((1, 3, 160, 160), np.float32)).shape == (1, 359)  # recovers once memory is there
+    runtime.close()
+
+
+def test_every_io_tensor_gets_an_address(double, fp32_bundle, tmp_path):
+    """An ONNX with a second output (here the logits): TensorRT needs an address for it too."""
+    import onnx
+
+    from ram_edge.export.tensorrt_format import TrtBuildOptions, build_trt_bundle
+    from ram_edge.runtimes.ort_runtime import OrtRuntime
+    from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime
+
+    two = tmp_path / "two-outputs"
+    shutil.copytree(fp32_bundle, two)
+    model = onnx.load(str(two / "model.onnx"))
+    sigmoid = next(n for n in model.graph.node if n.op_type == "Sigmoid")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(sigmoid.input[0], onnx.TensorProto.FLOAT, ["batch", 359]))
+    onnx.save(model, str(two / "model.onnx"))
+    write_manifest(two, json.loads((two / "manifest.json").read_text()))
+    build_trt_bundle(two, tmp_path / "engine", TrtBuildOptions(max_batch=2), progress=False)
+    batch = np.random.default_rng(4).uniform(-2, 2, size=(2, 3, 160, 160)).astype(np.float32)
+    with TensorRTRuntime(tmp_path / "engine") as runtime:
+        np.testing.assert_allclose(runtime.run(batch), OrtRuntime(fp32_bundle).run(batch), atol=1e-6)
+
+
+def test_a_foreign_timing_cache_is_replaced(double, fp32_bundle, tmp_path):
+    from ram_edge.errors import RamEdgeWarning
+    from ram_edge.export.tensorrt_format import TrtBuildOptions, build_trt_bundle
+
+    cache = tmp_path / "timing.cache"
+    cache.write_text(json.dumps({"origin": "9.0.0/Other GPU/7.5", "entries": {"old": "tactics"}}))
+    with pytest.warns(RamEdgeWarning, match="another TensorRT version or GPU"):
+        manifest = build_trt_bundle(fp32_bundle, tmp_path / "engine", TrtBuildOptions(max_batch=1, timing_cache=str(cache)),
+                                    progress=False)
+    assert manifest["tensorrt"]["timing_cache"] == str(cache)
+    assert json.loads(cache.read_text())["origin"].startswith(trt_double.VERSION) and "old" not in cache.read_text()
+
+
+# ---- TensorRT without torch, the way a user meets it: a real `ram-edge` process ---------------------
+
+HIDDEN = ["torch", "nncf", "onnx", "openvino", "transformers", "safetensors", "onnxconverter_common"]
+
+
+def _cli_without(args: list, hidden: list[str], tmp_path: Path, *, tensorrt_double: bool) -> tuple[subprocess.CompletedProcess, list]:
+    """`ram-edge ARGS` in a fresh process where `hidden` do not import (and, optionally, the TensorRT and CUDA double
+    stands in for TensorRT); returns the process and the heavy packages the process had imported at its end."""
     code = f"""
-import sys
+import json, sys
+for name in {hidden!r}: sys.modules[name] = None
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-import trt_double
-from ram_edge.runtimes import cuda_memory
-sys.modules["tensorrt"] = trt_double.module()
-cuda_memory.BACKENDS["double"] = (lambda: True, trt_double.DoubleCudaMemory)
-from ram_edge.export.tensorrt_format import TrtBuildOptions, build_trt_bundle
-from ram_edge import Tagger
-build_trt_bundle({str(fp32_bundle)!r}, {str(tmp_path / "engine")!r}, TrtBuildOptions(max_batch=1), progress=False)
-with Tagger.load({str(tmp_path / "engine")!r}) as tagger:
-    tagger.tag([{str(_images(1)[0])!r}])
-print(sorted(m for m in ("torch", "nncf", "openvino") if m in sys.modules))
+if {tensorrt_double!r}:
+    import trt_double
+    trt_double.install_in_process({str(tmp_path / "cache")!r})
+from ram_edge.cli.main import main
+try:
+    main({[str(a) for a in args]!r})
+finally:
+    loaded = sorted(m for m in ("torch", "nncf", "onnx", "openvino", "transformers") if sys.modules.get(m) is not None)
+    print("LOADED " + json.dumps(loaded), file=sys.stderr)
 """
-    env = {**os.environ, cuda_memory.BACKEND_ENV: "double", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    env = {k: v for k, v in os.environ.items() if k != cuda_memory.BACKEND_ENV}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    loaded = json.loads(next(line for line in proc.stderr.splitlines() if line.startswith("LOADED "))[7:])
+    return proc, loaded
+
+
+def _errors(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("LOADED ")]
+
+
+def test_export_trt_without_tensorrt_or_torch_names_tensorrt(fp32_bundle, tmp_path):
+    proc, loaded = _cli_without(["export", fp32_bundle, "--format", "trt", "-o", tmp_path / "engine"], HIDDEN + ["tensorrt"],
+                                tmp_path, tensorrt_double=False)
+    lines = _errors(proc)
+    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "tensorrt" in lines[0] and "pip install 'ram-edge[trt]'" in lines[0] and "JetPack" in lines[0], lines[0]
+    assert "torch" not in lines[0] and loaded == [] and not (tmp_path / "engine").exists()
+
+
+def test_tensorrt_path_end_to_end_never_imports_torch_nncf_or_onnx(fp32_bundle, tmp_path):
+    engine = tmp_path / "engine"
+    proc, loaded = _cli_without(["export", fp32_bundle, "--format", "trt", "-o", engine, "--max-batch", "2"], HIDDEN, tmp_path,
+                                tensorrt_double=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert "fp16 engine" in proc.stdout and loaded == []
+    image = _images(1)[0]
+    proc, loaded = _cli_without(["tag", "--model", engine, "--json", image], HIDDEN, tmp_path, tensorrt_double=True)
+    assert proc.returncode == 0, proc.stderr
+    reference = _run("tag", "--model", fp32_bundle, "--runtime", "ort", "--json", image)
+    assert json.loads(proc.stdout.splitlines()[0])["tags"] == json.loads(reference.output.splitlines()[0])["tags"]
+    assert loaded == []
+    proc, loaded = _cli_without(["bench", engine, "--runtime", "trt", "--iters", "2", "--warmup", "0", "--json"], HIDDEN, tmp_path,
+                                tensorrt_double=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["runtime"] == "trt" and loaded == []
+
+
+def test_int8_engine_from_the_shipped_bundle_without_torch(int8_bundle, tmp_path):
+    """The default model's INT8 bundle to an engine: onnx converts the quantizers, torch and NNCF stay out."""
+    engine = tmp_path / "int8"
+    hidden = [h for h in HIDDEN if h != "onnx"]
+    proc, loaded = _cli_without(["export", int8_bundle, "--format", "trt", "--precision", "int8", "-o", engine, "--max-batch", "1"],
+                                hidden, tmp_path, tensorrt_double=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "asymmetric quantizers made symmetric for TensorRT" in proc.stdout and loaded == ["onnx"]
+    proc, loaded = _cli_without(["tag", "--model", engine, _images(1)[0]], HIDDEN, tmp_path, tensorrt_double=True)
+    assert proc.returncode == 0 and proc.stdout.strip() and loaded == [], proc.stderr
+
+
+def test_checkpoint_to_engine_without_torch_says_export_onnx_first(tmp_path):
+    checkpoint = default_model_path("checkpoint")
+    proc, _ = _cli_without(["export", checkpoint, "--format", "trt", "-o", tmp_path / "engine"], HIDDEN, tmp_path,
+                           tensorrt_double=True)
+    lines = _errors(proc)
+    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"ram-edge export {checkpoint} -o BUNDLE" in lines[0] and "ram-edge export BUNDLE --format trt" in lines[0], lines[0]
+    assert not (tmp_path / "engine").exists()

@@ -16,7 +16,8 @@ from conftest import shared_dir
 
 REPO = Path(__file__).resolve().parents[1]
 # The engine builder, the trt runtime and its CUDA memory layer, and the GPU check script.
-FILES = ["export/tensorrt_format.py", "runtimes/tensorrt_runtime.py", "runtimes/cuda_memory.py", "benchmarks/gpu_check.py"]
+FILES = ["export/tensorrt_format.py", "runtimes/tensorrt_runtime.py", "runtimes/cuda_memory.py", "runtimes/tensorrt_version.py",
+         "benchmarks/gpu_check.py"]
 
 
 @pytest.mark.slow

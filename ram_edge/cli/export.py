@@ -65,8 +65,6 @@ def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vo
     With --format trt, MODEL may also be an ONNX bundle (or a TensorRT bundle, to rebuild its engine
     for this GPU from the ONNX it keeps).
     """
-    from ..export.writer import export_bundle
-
     names = _read_tag_names(tags, tags_file)
     trt_only = {"--max-batch": max_batch is not None, "--opt-batch": opt_batch is not None, "--workspace": workspace_mb is not None,
                 "--dla-core": dla_core is not None, "--timing-cache": timing_cache is not None, "--device": device is not None}
@@ -75,7 +73,9 @@ def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vo
     if fmt == "trt":
         from ..export.tensorrt_format import TrtBuildOptions
 
-        max_batch, opt_batch = max_batch or 8, opt_batch or 1
+        # The DLA runs one static batch: a camera's 1 unless asked, and TensorRT tunes for exactly that batch.
+        max_batch = max_batch or (1 if dla_core is not None else 8)
+        opt_batch = opt_batch or (max_batch if dla_core is not None else 1)
         if opt_batch > max_batch:
             raise click.UsageError(f"--opt-batch {opt_batch} is larger than --max-batch {max_batch}")
         options = TrtBuildOptions(precision=precision or "fp16", max_batch=max_batch, opt_batch=opt_batch,
@@ -104,6 +104,8 @@ def export(model, output, fmt, precision, calib, calib_size, tags, tags_file, vo
         if names:
             raise click.UsageError("--vocab replaces the label set; it cannot be combined with --tags/--tags-file")
         vocab_data = _vocab_embeddings(model, vocab, text_encoder, vocab_threshold)
+    from ..export.writer import export_bundle
+
     manifest = export_bundle(model, output, fmt=fmt, precision=precision, tags=names, vocab=vocab_data, overwrite=overwrite)
     _report(manifest, output, fmt, as_json)
 
@@ -126,6 +128,7 @@ def _export_trt(model: str, output: str, options, names, vocab, text_encoder, vo
                                    "checkpoint directory")
         return build_trt_bundle(model, output, options, device=device, overwrite=overwrite)
     refuse_existing(output, overwrite)  # before the ONNX export and the engine build
+    _require_torch_for_checkpoint(model, output, options)
     with tempfile.TemporaryDirectory(prefix="ram-edge-trt-") as tmp:
         onnx_bundle = str(Path(tmp) / "onnx")
         if calib is not None:
@@ -145,6 +148,29 @@ def _export_trt(model: str, output: str, options, names, vocab, text_encoder, vo
             vocab_data = _vocab_embeddings(model, vocab, text_encoder, vocab_threshold) if vocab else None
             export_bundle(model, onnx_bundle, fmt="onnx", precision="int8" if quantized else "fp32", tags=names, vocab=vocab_data)
         return build_trt_bundle(onnx_bundle, output, options, device=device, overwrite=overwrite)
+
+
+def _require_torch_for_checkpoint(model: str, output: str, options) -> None:
+    """A checkpoint reaches TensorRT through an ONNX export, which needs torch: say how to go without it."""
+    import importlib.util
+    import shlex
+    from pathlib import Path
+
+    if not Path(model).is_dir():
+        raise RamEdgeError(f"{model}: no such bundle or checkpoint directory; give an ONNX bundle (a folder with manifest.json) "
+                           f"or a checkpoint directory")
+    try:
+        missing = importlib.util.find_spec("torch") is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
+        precision = "" if options.precision == "fp16" else f" --precision {options.precision}"
+        raise RamEdgeError(
+            f"{model} is a checkpoint directory: turning it into an engine exports an ONNX bundle first, which needs torch "
+            f"(pip install 'ram-edge[export]'). Without torch here, export the ONNX bundle on a machine with the [export] extra: "
+            f"`ram-edge export {shlex.quote(model)} -o BUNDLE`, copy BUNDLE here and run "
+            f"`ram-edge export BUNDLE --format trt{precision} -o {shlex.quote(output)}`"
+        )
 
 
 def _export_int8_via_ptq(model: str, output: str, fmt: str, calib: str, calib_size: int, overwrite: bool) -> dict:
