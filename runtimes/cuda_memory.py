@@ -20,6 +20,8 @@ from ram_edge.errors import RuntimeUnavailableError
 
 #: Environment variable that forces one library ("pycuda" or "cuda-python").
 BACKEND_ENV = "RAM_EDGE_CUDA_BACKEND"
+NO_GPU_HINT = ("TensorRT engines are built and run on the NVIDIA GPU that uses them (a Jetson or a GPU machine whose "
+               "driver `nvidia-smi` shows); on a CPU-only machine use the ONNX or OpenVINO bundle instead")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class PyCudaMemory(CudaMemory):
             cuda.init()
             count = cuda.Device.count()
         except cuda.Error as exc:
-            raise RuntimeUnavailableError(f"pycuda could not initialise CUDA ({exc}); check the NVIDIA driver") from None
+            raise RuntimeUnavailableError(f"no usable NVIDIA GPU here (pycuda could not initialise CUDA: {exc}): {NO_GPU_HINT}") from None
         if device_index >= count:
             raise RuntimeUnavailableError(f"CUDA device {device_index} does not exist (pycuda sees {count} device(s))")
         self._count = count
@@ -219,8 +221,9 @@ class CudaPythonMemory(CudaMemory):
         err, *rest = result if isinstance(result, tuple) else (result,)
         if int(err) != 0:
             name = getattr(err, "name", str(err))
-            hint = "; check the NVIDIA driver (nvidia-smi)" if "Driver" in name or "NoDevice" in name else ""
-            raise RuntimeUnavailableError(f"CUDA call {what} failed: {name}{hint}")
+            if "Driver" in name or "NoDevice" in name:
+                raise RuntimeUnavailableError(f"no usable NVIDIA GPU here (CUDA call {what} failed: {name}): {NO_GPU_HINT}")
+            raise RuntimeUnavailableError(f"CUDA call {what} failed: {name}")
         if not rest:
             return None
         return rest[0] if len(rest) == 1 else tuple(rest)

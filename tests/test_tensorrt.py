@@ -421,7 +421,7 @@ def test_cuda_python_without_a_driver_is_one_clear_error():
         pytest.skip("cuda-python is not installed")
     if out.startswith("device "):
         pytest.skip(f"a CUDA device is present here ({out})")
-    assert out.startswith("RuntimeUnavailableError") and ("cudaGetDeviceCount" in out or "does not exist" in out), out
+    assert out.startswith("RuntimeUnavailableError") and ("no usable NVIDIA GPU" in out or "does not exist" in out), out
 
 
 def test_missing_cuda_library_hint(monkeypatch):
@@ -786,3 +786,50 @@ def test_checkpoint_to_engine_without_torch_says_export_onnx_first(tmp_path):
     assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"ram-edge export {checkpoint} -o BUNDLE" in lines[0] and "ram-edge export BUNDLE --format trt" in lines[0], lines[0]
     assert not (tmp_path / "engine").exists()
+
+
+def test_tensorrt_without_a_gpu_says_the_gpu_is_missing(fp32_bundle, tmp_path):
+    """TensorRT's Python package present (the double) but the real CUDA library and no GPU: the GPU is what is named."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import trt_double
+sys.modules["tensorrt"] = trt_double.module()
+from ram_edge.runtimes.cuda_memory import installed_backends
+if not installed_backends():
+    print("no CUDA library")
+    raise SystemExit(0)
+from ram_edge.cli.main import main
+main(["export", {str(fp32_bundle)!r}, "--format", "trt", "-o", {str(tmp_path / "engine")!r}])
+"""
+    env = {k: v for k, v in os.environ.items() if k != cuda_memory.BACKEND_ENV}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    if proc.stdout.strip() == "no CUDA library":
+        pytest.skip("neither cuda-python nor pycuda is installed here")
+    if proc.returncode == 0:
+        pytest.skip("a CUDA GPU is present here")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no usable NVIDIA GPU here" in lines[0] and "nvidia-smi" in lines[0], lines[0]
+    assert not (tmp_path / "engine").exists()
+
+
+@pytest.mark.slow
+def test_readme_gpu_steps_in_a_fresh_venv_stop_only_at_tensorrt(tmp_path):
+    """`pip install -e '.[ort]'` (no torch), then the README's first TensorRT command: the message names TensorRT."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-e", f"{REPO}[ort]"], capture_output=True, text=True,
+                         timeout=900)
+    if pip.returncode:
+        pytest.skip(f"cannot install ram-edge[ort] into a fresh venv here: {pip.stderr.strip().splitlines()[-1:]}")
+    for args in (["export", default_model_path("bundle_fp32"), "--format", "trt", "-o", tmp_path / "engine"],
+                 ["export", default_model_path("bundle"), "--format", "trt", "--precision", "int8", "-o", tmp_path / "engine"]):
+        proc = subprocess.run([str(venv / "bin" / "ram-edge"), *map(str, args)], capture_output=True, text=True, timeout=300)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "tensorrt" in lines[0] and "pip install 'ram-edge[trt]'" in lines[0] and "JetPack" in lines[0], lines[0]
+        assert "torch" not in lines[0]
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                           capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "True"  # the venv really has no torch
