@@ -10,7 +10,10 @@
 3. `ram-edge bench --runtime trt` at batch 1 and 8 for every engine, against torch fp16 eager on the
    same GPU.
 Writes the markdown report and a JSON beside it. Every bundle is made by the ram-edge command a user
-runs (printed as it runs); a step whose output exists is skipped, so a rerun continues.
+runs (printed as it runs); a step whose output exists is skipped, so a rerun continues. A step that fails
+(an engine build, an accuracy check, a bench) becomes a report row with its one-line error and the check
+goes on; the report is written at the end whatever failed, and the exit status is 1 when anything did.
+Without TensorRT, `python -m ram_edge.benchmarks.gpu_torch_check` checks what a GPU can check.
 Targets (issue 13): full-size INT8 engine >= 3x torch fp16 eager at batch 8; default model INT8
 engine mAP within 0.5 of fp32.
 """
@@ -24,22 +27,30 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import map_on_tag_names, run_cli
+from . import harness
+from .harness import CliFailed, git_commit, map_on_tag_names, markdown_table, run_cli, step_error
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"int8_speedup_b8": 3.0, "default_map_drop": 0.5}
 BATCHES = (1, 8)
 _START = time.perf_counter()
+FULL_SIZE = "full-size Swin-L/384 RAM"
+T = TypeVar("T")
 
 
 def _log(msg: str) -> None:
     print(f"[{time.perf_counter() - _START:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def attempt(row: dict[str, Any], step: str, fn: Callable[[], T]) -> T | None:
+    """`fn()`, or None with "STEP failed: <one-line error>" put in row["error"] (the check goes on with the next step)."""
+    return harness.attempt(row, step, fn, _log)
 
 
 def sh(*args: str) -> str:
@@ -48,15 +59,19 @@ def sh(*args: str) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """GPU, driver-side libraries and package versions."""
+    """GPU, driver-side libraries and package versions (a part that cannot be read is named in "errors")."""
     import tensorrt as trt
 
     from ram_edge.runtimes.cuda_memory import open_cuda
 
-    memory = open_cuda(0)
-    gpu = memory.gpu()
-    info: dict[str, Any] = {"gpu": gpu.name, "compute_capability": gpu.compute_capability, "tensorrt": trt.__version__,
-                            "cuda_memory": memory.name, "python": platform.python_version(), "platform": platform.platform()}
+    info: dict[str, Any] = {"tensorrt": trt.__version__, "python": platform.python_version(), "platform": platform.platform(),
+                            "git_commit": git_commit(REPO), "errors": []}
+    try:
+        memory = open_cuda(0)
+        gpu = memory.gpu()
+        info.update(gpu=gpu.name, compute_capability=gpu.compute_capability, cuda_memory=memory.name)
+    except Exception as exc:  # noqa: BLE001 - the report says which GPU it could not name, the checks still run
+        info["errors"].append(f"GPU: {step_error(exc)}")
     try:
         import torch
 
@@ -64,9 +79,12 @@ def environment() -> dict[str, Any]:
         info["torch_cuda"] = torch.version.cuda
     except ImportError:
         info["torch"] = None
-    import onnxruntime
+    try:
+        import onnxruntime
 
-    info["onnxruntime"] = onnxruntime.__version__
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
     return info
 
 
@@ -93,7 +111,7 @@ def _test_split(work: Path, count: int, preprocess_cfg) -> tuple[np.ndarray, lis
     if not (split / "annotations.jsonl").is_file():
         try:
             sh("data", "scenes", "-o", str(split), "--count", str(count), "--split", "test", "--seed", "0", "--overwrite")
-        except SystemExit as exc:
+        except CliFailed as exc:
             _log(f"no test split ({exc}); the default model is compared on its example images only")
             return None
     rows = [json.loads(line) for line in (split / "annotations.jsonl").read_text().splitlines() if line.strip()]
@@ -118,21 +136,34 @@ def check_default_model(work: Path, test_count: int) -> list[dict[str, Any]]:
         images, truth = np.stack([preprocess(load_image(f), bundle.preprocess) for f in files]), None
     else:
         images, truth = split
-    reference = _probs(fp32, "ort", images)
     labels = bundle.labels
-    rows = []
+    rows: list[dict[str, Any]] = []
+    reference: np.ndarray | None = None
     for name, source, precision in (("fp32 ONNX (onnxruntime CPU)", fp32, None), ("INT8 ONNX (onnxruntime CPU)", int8, None),
                                     ("fp16 engine", fp32, "fp16"), ("INT8 engine", int8, "int8")):
-        path = engine(source, work / "engines" / f"default-{precision}", precision) if precision else source
+        row: dict[str, Any] = {"model": "default", "variant": name, "images": len(images)}
+        rows.append(row)
+        path: Path | None = source
+        if precision:
+            target = work / "engines" / f"default-{precision}"
+            path = attempt(row, "engine build", lambda: engine(source, target, precision))
+        if path is None:
+            continue
+        ready: Path = path
+        row["bundle"] = str(ready)
         started = time.perf_counter()
-        probs = reference if path == fp32 else _probs(path, "trt" if precision else "ort", images)
-        row: dict[str, Any] = {"model": "default", "variant": name, "bundle": str(path), "images": len(images),
-                               "seconds": round(time.perf_counter() - started, 1),
-                               "max_abs_diff_vs_fp32": float(np.abs(probs - reference).max()),
-                               "agreement_vs_fp32": float(tag_set_f1(labels.fired(probs), labels.fired(reference)).mean())}
+        probs = attempt(row, "accuracy check", lambda: _probs(ready, "trt" if precision else "ort", images))
+        if probs is None:
+            continue
+        if path == fp32:
+            reference = probs
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        # Without the fp32 reference (its row says why) only mAP can be given.
+        if reference is not None:
+            row["max_abs_diff_vs_fp32"] = float(np.abs(probs - reference).max())
+            row["agreement_vs_fp32"] = float(tag_set_f1(labels.fired(probs), labels.fired(reference)).mean())
         if truth is not None:
             row["mAP"] = map_on_tag_names(probs, labels.tags, truth)
-        rows.append(row)
         _log(f"default model {name}: {row}")
     return rows
 
@@ -162,31 +193,62 @@ def check_full_size(work: Path, calib_size: int) -> tuple[list[dict[str, Any]], 
 
     root = work / "full_size"
     root.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    engines: dict[str, Path] = {}
+
+    def setup(variant: str, fn: Callable[[], T]) -> T | None:
+        """A preparation step: a row only when it fails."""
+        row = {"model": FULL_SIZE, "variant": variant}
+        result = attempt(row, variant, fn)
+        if result is None:
+            rows.append(row)
+        return result
+
     _log("full-size Swin-L/384 RAM checkpoint (random weights)")
-    checkpoint = build_checkpoint(root)
-    fp32 = root / "onnx-fp32"
-    if not (fp32 / "manifest.json").is_file():
-        sh("export", str(checkpoint), "-o", str(fp32), "--overwrite")
-    quantized, int8 = root / "ptq", root / "onnx-int8"
-    if not (quantized / "config.json").is_file():
-        calib = _calibration_images(root / "calib", calib_size)
-        sh("quantize", str(checkpoint), "-o", str(quantized), "--calib", str(calib), "--calib-size", str(calib_size))
-    if not (int8 / "manifest.json").is_file():
-        sh("export", str(quantized), "-o", str(int8), "--overwrite")
-    labels = read_bundle(fp32, verify=False).labels
+    checkpoint = setup("random-weight checkpoint", lambda: build_checkpoint(root))
+    if checkpoint is None:
+        return rows, engines
+    engines["checkpoint"] = checkpoint
+    fp32, quantized, int8 = root / "onnx-fp32", root / "ptq", root / "onnx-int8"
+
+    def export_fp32() -> Path:
+        if not (fp32 / "manifest.json").is_file():
+            sh("export", str(checkpoint), "-o", str(fp32), "--overwrite")
+        return fp32
+
+    def export_int8() -> Path:
+        if not (quantized / "config.json").is_file():
+            calib = _calibration_images(root / "calib", calib_size)
+            sh("quantize", str(checkpoint), "-o", str(quantized), "--calib", str(calib), "--calib-size", str(calib_size))
+        if not (int8 / "manifest.json").is_file():
+            sh("export", str(quantized), "-o", str(int8), "--overwrite")
+        return int8
+
+    sources = {"fp16": setup("fp32 ONNX export", export_fp32), "int8": setup("PTQ INT8 ONNX (quantize + export)", export_int8)}
     inputs = np.concatenate(validation_inputs(384, (1, 3), seed=5))
-    rows, engines = [], {"checkpoint": checkpoint}
-    for source, precision in ((fp32, "fp16"), (int8, "int8")):
-        built = engine(source, root / f"engine-{precision}", precision)
+    for precision, source in sources.items():
+        row: dict[str, Any] = {"model": FULL_SIZE, "variant": f"{precision} engine vs its ONNX on onnxruntime CPU",
+                               "images": len(inputs)}
+        rows.append(row)
+        if source is None:
+            row["error"] = "skipped: its ONNX bundle was not made (see the row above)"
+            continue
+        onnx: Path = source
+        made = attempt(row, "engine build", lambda: engine(onnx, root / f"engine-{precision}", precision))
+        if made is None:
+            continue
+        built: Path = made
         engines[precision] = built
-        reference = _probs(source, "ort", inputs)
-        probs = _probs(built, "trt", inputs)
+        pair = attempt(row, "accuracy check", lambda: (_probs(onnx, "ort", inputs), _probs(built, "trt", inputs)))
+        if pair is None:
+            continue
+        reference, probs = pair
+        labels = read_bundle(onnx, verify=False).labels
         diff = np.abs(probs - reference)
-        rows.append({"model": "full-size Swin-L/384 RAM", "variant": f"{precision} engine vs its ONNX on onnxruntime CPU",
-                     "images": len(inputs), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                     "agreement": float(tag_set_f1(labels.fired(probs), labels.fired(reference)).mean()),
-                     "build_seconds": read_bundle(built, verify=False).manifest["tensorrt"]["build_seconds"]})
-        _log(f"full size {precision}: {rows[-1]}")
+        row.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()),
+                   agreement=float(tag_set_f1(labels.fired(probs), labels.fired(reference)).mean()),
+                   build_seconds=read_bundle(built, verify=False).manifest["tensorrt"].get("build_seconds"))
+        _log(f"full size {precision}: {row}")
     return rows, engines
 
 
@@ -224,18 +286,30 @@ def torch_fp16_eager(checkpoint: Path, batch: int, iters: int) -> dict[str, Any]
 
 
 def timings(engines: dict[str, dict[str, Path]], iters: int) -> list[dict[str, Any]]:
-    """Each model's engines and torch fp16 eager at batch 1 and 8."""
+    """Each model's engines and torch fp16 eager at batch 1 and 8; an engine that was not built gets a row saying so."""
     rows = []
     for model, paths in engines.items():
         for batch in BATCHES:
-            torch_row = torch_fp16_eager(paths["checkpoint"], batch, iters)
-            rows.append({"model": model, "runtime": "torch fp16 eager", "batch": batch, **torch_row})
+            torch_row: dict[str, Any] = {"model": model, "runtime": "torch fp16 eager", "batch": batch}
+            rows.append(torch_row)
+            if "checkpoint" in paths:
+                measured = attempt(torch_row, "torch fp16 eager", lambda: torch_fp16_eager(paths["checkpoint"], batch, iters))
+                torch_row.update(measured or {})
+            else:
+                torch_row["error"] = "skipped: no checkpoint (see the accuracy rows)"
             for precision in ("fp16", "int8"):
-                if precision in paths:
-                    row = bench_engine(paths[precision], batch, iters)
+                row: dict[str, Any] = {"model": model, "runtime": f"TensorRT {precision}", "batch": batch}
+                rows.append(row)
+                if precision not in paths:
+                    row["error"] = "skipped: no engine (its build failed or was not reached; see the accuracy rows)"
+                    continue
+                result = attempt(row, "bench", lambda: bench_engine(paths[precision], batch, iters))
+                if result is None:
+                    continue
+                row.update(result)
+                if "ms_per_image" in torch_row:
                     row["speedup_vs_torch_fp16"] = torch_row["ms_per_image"] / row["ms_per_image"]
-                    rows.append({"model": model, "runtime": f"TensorRT {precision}", "batch": batch, **row})
-                    _log(f"{model} {precision} batch {batch}: {row}")
+                _log(f"{model} {precision} batch {batch}: {row}")
     return rows
 
 
@@ -243,55 +317,61 @@ def verdicts(accuracy: list[dict[str, Any]], speed: list[dict[str, Any]]) -> lis
     """The issue's targets, each with its measured value."""
     lines = []
     by = {r["variant"]: r for r in accuracy if r["model"] == "default"}
-    if "mAP" in by.get("INT8 engine", {}):
+    if "mAP" in by.get("INT8 engine", {}) and "mAP" in by.get("fp32 ONNX (onnxruntime CPU)", {}):
         drop = by["fp32 ONNX (onnxruntime CPU)"]["mAP"] - by["INT8 engine"]["mAP"]
         ok = drop <= TARGETS["default_map_drop"]
         lines.append(f"- default model INT8 engine mAP {by['INT8 engine']['mAP']:.2f} vs fp32 {by['fp32 ONNX (onnxruntime CPU)']['mAP']:.2f}: "
                      f"drop {drop:.2f} (target <= {TARGETS['default_map_drop']}): {'pass' if ok else 'MISS'}")
     for row in speed:
-        if row["model"] == "full-size Swin-L/384 RAM" and row["runtime"] == "TensorRT int8" and row["batch"] == 8:
+        if row["model"] == FULL_SIZE and row["runtime"] == "TensorRT int8" and row["batch"] == 8 and "speedup_vs_torch_fp16" in row:
             ok = row["speedup_vs_torch_fp16"] >= TARGETS["int8_speedup_b8"]
             lines.append(f"- full-size INT8 engine at batch 8: {row['speedup_vs_torch_fp16']:.2f}x torch fp16 eager "
                          f"(target >= {TARGETS['int8_speedup_b8']}x): {'pass' if ok else 'MISS'}")
     return lines or ["- no target could be evaluated (see the log)"]
 
 
-def _table(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "–" if value is None else str(value)
-
-    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
-    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
+def failures(result: dict[str, Any]) -> list[str]:
+    """Every failed or skipped step of a result, one line each."""
+    lines = [f"- environment: {e}" for e in result.get("environment", {}).get("errors", [])]
+    for section in ("accuracy", "speed"):
+        for row in result.get(section, []):
+            if row.get("error"):
+                words = [str(row[k]) for k in ("model", "variant", "runtime") if k in row]
+                what = " ".join(words + ([f"batch {row['batch']}"] if "batch" in row else []))
+                lines.append(f"- {section}: {what}: {row['error']}")
+    lines += [f"- {e}" for e in result.get("errors", [])]
     return lines
 
 
 def write_report(path: Path, result: dict[str, Any]) -> None:
-    """Markdown report plus the JSON beside it."""
-    env = result["environment"]
+    """Markdown report plus the JSON beside it (whatever parts of `result` exist)."""
+    env = result.get("environment", {})
+    failed = failures(result)
     lines = [
         "# TensorRT GPU check", "",
-        f"GPU: {env['gpu']} (compute capability {env['compute_capability']}), TensorRT {env['tensorrt']}, "
-        f"device memory through {env['cuda_memory']}, torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), "
-        f"onnxruntime {env['onnxruntime']}, {env['platform']}  ",
-        f"Date: {result['date']}; command: `{result['command']}`; wall time {result['seconds']:.0f} s", "",
-        "## Targets", "", *result["verdicts"], "",
+        f"GPU: {env.get('gpu', 'unknown')} (compute capability {env.get('compute_capability', 'unknown')}), "
+        f"TensorRT {env.get('tensorrt')}, device memory through {env.get('cuda_memory', 'unknown')}, "
+        f"torch {env.get('torch')} (CUDA {env.get('torch_cuda')}), onnxruntime {env.get('onnxruntime')}, {env.get('platform')}  ",
+        f"Date: {result.get('date')}; command: `{result.get('command')}`; git commit {env.get('git_commit') or 'unknown'}; "
+        f"wall time {result.get('seconds', 0.0):.0f} s", "",
+        "## Targets", "", *result.get("verdicts", ["- not reached"]), "",
+        "## Failed steps", "", *(failed or ["- none"]), "",
         "## Accuracy against onnxruntime on the CPU", "",
-        *_table(result["accuracy"], ["model", "variant", "images", "mAP", "agreement_vs_fp32", "max_abs_diff_vs_fp32",
-                                     "agreement", "max_abs_diff", "mean_abs_diff", "build_seconds"]), "",
+        *markdown_table(result.get("accuracy", []), ["model", "variant", "images", "mAP", "agreement_vs_fp32", "max_abs_diff_vs_fp32",
+                                                     "agreement", "max_abs_diff", "mean_abs_diff", "build_seconds", "error"]), "",
         "## Speed (`ram-edge bench --runtime trt`, p50; torch fp16 eager: model.half() on the same GPU)", "",
-        *_table(result["speed"], ["model", "runtime", "batch", "ms_per_batch", "ms_per_image", "img_s", "speedup_vs_torch_fp16",
-                                  "load_s", "engine_mb"]), "",
+        *markdown_table(result.get("speed", []), ["model", "runtime", "batch", "ms_per_batch", "ms_per_image", "img_s",
+                                                  "speedup_vs_torch_fp16", "load_s", "engine_mb", "error"]), "",
     ]
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "w") as fh:
         fh.write("\n".join(lines))
     with atomic_file(path.with_suffix(".json"), "w") as fh:
-        json.dump(result, fh, indent=1)
+        json.dump(result, fh, indent=1, default=str)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the check and write the report."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the check and write the report; 1 when a step failed, else 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="Where bundles, engines and the test split go (reused on rerun).")
     parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "gpu_check.md")
@@ -304,25 +384,42 @@ def main(argv: list[str] | None = None) -> None:
     from ram_edge.runtimes.tensorrt_runtime import TensorRTRuntime
 
     if not TensorRTRuntime.is_installed():
-        raise SystemExit(f"the GPU check needs TensorRT: {TensorRTRuntime.install_hint()}")
-    env = environment()
-    _log(f"environment: {env}")
-    accuracy = check_default_model(args.workdir, args.test_count)
-    from ram_edge.default_model import default_model_path
+        raise SystemExit(f"the GPU check needs TensorRT: {TensorRTRuntime.install_hint()}; without TensorRT, "
+                         "`python -m ram_edge.benchmarks.gpu_torch_check` checks the torch runtime and the CUDA memory layer")
+    command = " ".join(["python -m ram_edge.benchmarks.gpu_check", *(sys.argv[1:] if argv is None else argv)])
+    result: dict[str, Any] = {"date": datetime.date.today().isoformat(), "command": command, "accuracy": [], "speed": [],
+                              "errors": []}
+    # Whatever happens below, what was measured reaches the report (a rented GPU may be gone before a rerun).
+    try:
+        result["environment"] = environment()
+        _log(f"environment: {result['environment']}")
+        from ram_edge.default_model import default_model_path
 
-    engines = {"default": {"checkpoint": default_model_path("checkpoint"), "fp16": args.workdir / "engines" / "default-fp16",
-                           "int8": args.workdir / "engines" / "default-int8"}}
-    if not args.skip_full_size:
-        full_rows, full = check_full_size(args.workdir, args.calib_size)
-        accuracy += full_rows
-        engines["full-size Swin-L/384 RAM"] = full
-    speed = timings(engines, args.iters)
-    result = {"environment": env, "date": datetime.date.today().isoformat(), "command": " ".join(["python -m ram_edge.benchmarks.gpu_check", *(argv or sys.argv[1:])]),
-              "seconds": time.perf_counter() - _START, "accuracy": accuracy, "speed": speed, "verdicts": verdicts(accuracy, speed)}
-    write_report(args.report, result)
-    _log(f"wrote {args.report}")
-    print("\n".join(result["verdicts"]))
+        section: dict[str, Any] = {"model": "default", "variant": "setup"}
+        result["accuracy"] += attempt(section, "default model check", lambda: check_default_model(args.workdir, args.test_count)) or [section]
+        default_engines = {p: args.workdir / "engines" / f"default-{p}" for p in ("fp16", "int8")}
+        engines = {"default": {"checkpoint": default_model_path("checkpoint"),
+                               **{p: e for p, e in default_engines.items() if (e / "manifest.json").is_file()}}}
+        if not args.skip_full_size:
+            section = {"model": FULL_SIZE, "variant": "setup"}
+            full = attempt(section, "full-size check", lambda: check_full_size(args.workdir, args.calib_size))
+            result["accuracy"] += full[0] if full else [section]
+            engines[FULL_SIZE] = full[1] if full else {}
+        result["speed"] = timings(engines, args.iters)
+        result["verdicts"] = verdicts(result["accuracy"], result["speed"])
+    except Exception as exc:  # noqa: BLE001 - an unforeseen failure still leaves the report of what ran
+        result["errors"].append(f"the check stopped early: {step_error(exc)}")
+        _log(result["errors"][-1])
+    finally:
+        result["seconds"] = time.perf_counter() - _START
+        result["failed"] = failures(result)
+        write_report(args.report, result)
+        _log(f"wrote {args.report}")
+    print("\n".join(result.get("verdicts", [])))
+    if result["failed"]:
+        print(f"{len(result['failed'])} step(s) failed or were skipped; see {args.report}", file=sys.stderr)
+    return 1 if result["failed"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from ram_edge.runtimes.ort_runtime import INT8_U8U8_ENV
 INT8_SETTINGS = {"openvino": (INT8_KERNELS_ENV, "int8 kernels"), "ort": (INT8_U8U8_ENV, "U8U8")}
 
 _MIB = float(1 << 20)
+T = TypeVar("T")
 
 # Distribution whose version describes each built-in backend; plugins fall back to their module's top package.
 _RUNTIME_PACKAGES = {"torch": "torch", "ort": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}
@@ -245,6 +246,48 @@ def run_cli(*args: Any, capture: bool = False, log_file: str | Path | None = Non
         where = f" (see {log_file})" if log_file is not None else ""
         raise CliFailed(f"`ram-edge {' '.join(words[:2])}` failed: {last}{where}")
     return proc.stdout or ""
+
+
+def step_error(exc: BaseException, limit: int = 300) -> str:
+    """One line for a report row naming why a step failed: the exception's type and its message, whitespace folded."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def attempt(row: dict[str, Any], step: str, fn: Callable[[], T], say: Callable[[str], None] = log) -> T | None:
+    """`fn()`, or None with "STEP failed: <one-line error>" put in row["error"] (a check script then goes on with its next
+    step, and its report shows the row)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - on a rented GPU any failure (CUDA, TensorRT, a CLI) is a row, not the end
+        error = f"{step} failed: {step_error(exc)}"
+        row["error"] = f"{row['error']}; {error}" if row.get("error") else error
+        what = " ".join(str(row[k]) for k in ("model", "variant", "runtime", "batch", "check") if row.get(k) is not None)
+        say(f"{what}: {error}")
+        return None
+
+
+def git_commit(repo: str | Path) -> str | None:
+    """The checkout's HEAD commit, with "+ local changes" when the work tree differs; None outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=30)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                               text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + (" + local changes" if dirty.stdout.strip() else "")
+
+
+def markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """`rows` as markdown table lines, one column per key (missing values as "–", numbers as in the bench reports)."""
+    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+    lines += ["| " + " | ".join(_cell(row.get(key)) for key in keys) + " |" for row in rows]
+    return lines
 
 
 def map_on_tag_names(probs: np.ndarray, tags: list[str], truth: list[list[str]]) -> float:
