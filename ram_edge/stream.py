@@ -1,91 +1,29 @@
-"""Frames from a video file, a camera, an RTSP/HTTP URL or a GStreamer pipeline, decoded by a reader
-thread while the model runs (OpenCV's VideoCapture; torch-free).
+"""Frames from a video file, a camera, an RTSP/RTP/HTTP stream or a GStreamer pipeline (the forms of
+`ram_edge.video_sources`), decoded by a reader thread while the model runs (OpenCV's VideoCapture; torch-free).
 
 Live sources (cameras, URLs, pipelines) keep one frame slot: when tagging is slower than the
 source, a newer frame replaces the untaken one and the old one is counted as dropped, so nothing
 queues up and the tags describe what the camera sees now. A lost live source is reopened with
 backoff. A file hands over every selected frame (the reader waits for the tagger) and ends cleanly;
 `realtime=True` plays it at its own frame rate like a camera instead.
+
+`TagStream` tags the frames; with `smooth` / `hysteresis` its tags go through a `TagStabilizer` (ram_edge.smoothing)
+so that they hold still, and with `events` it yields only the frames where the tag set changed.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .errors import StreamError
-
-# OpenCV prints backend warnings ("can't open camera by index") and FFmpeg its errors ("moov atom not found", 8 =
-# fatal only) on stderr; ram-edge reports errors itself. Users can still set either variable to see them.
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
-
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """What a SOURCE argument names."""
-
-    kind: str  # "file", "camera", "url", "gstreamer"
-    target: Any  # path, camera index or device path, URL, pipeline string
-    text: str
-
-    @property
-    def live(self) -> bool:
-        """Cameras, URLs and pipelines are live; files are not."""
-        return self.kind != "file"
-
-
-def parse_source(source: str | int | os.PathLike) -> SourceSpec:
-    """Classify SOURCE: camera index or /dev/videoN, URL, GStreamer pipeline (has ' ! '), else a video file."""
-    text = str(source).strip()
-    if isinstance(source, int) or text.isdigit():
-        return SourceSpec("camera", int(text), text)
-    if re.fullmatch(r"/dev/video\d+", text):
-        return SourceSpec("camera", text, text)
-    if "!" in text and ("appsink" in text or " ! " in text):
-        return SourceSpec("gstreamer", text, text)
-    if _URL.match(text):
-        return SourceSpec("url", text, text)
-    path = Path(text)
-    if not path.exists():
-        raise StreamError(f"video source {text!r} does not exist; give a video file, a camera index (0), /dev/videoN, "
-                          f"an rtsp:// or http:// URL, or a GStreamer pipeline ending in appsink")
-    if path.is_dir():
-        raise StreamError(f"video source {text!r} is a folder; tag the images in it with `ram-edge tag {text}`")
-    return SourceSpec("file", str(path), text)
-
-
-def open_capture(spec: SourceSpec, timeout_s: float = 10.0) -> Any:
-    """An opened cv2.VideoCapture for `spec`; StreamError when OpenCV cannot open it."""
-    import cv2
-
-    if spec.kind == "gstreamer":
-        if "GStreamer:  YES" not in cv2.getBuildInformation() and "GStreamer: YES" not in cv2.getBuildInformation().replace("  ", " "):
-            raise StreamError(f"{spec.text!r} is a GStreamer pipeline, but this OpenCV ({cv2.__version__}) was built without "
-                              f"GStreamer; on a Jetson use JetPack's OpenCV (python3-opencv) instead of opencv-python-headless")
-        cap = cv2.VideoCapture(spec.target, cv2.CAP_GSTREAMER)
-    elif spec.kind == "url":
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout_s * 1000), cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(timeout_s * 1000)]
-        cap = cv2.VideoCapture(spec.target, cv2.CAP_ANY, params)
-    else:
-        cap = cv2.VideoCapture(spec.target)
-    if not cap.isOpened():
-        cap.release()
-        hint = {"file": "it is not a video OpenCV can decode (or is truncated)",
-                "camera": "no such camera, or it is in use by another program",
-                "url": "the stream is unreachable, or OpenCV's FFmpeg cannot read it",
-                "gstreamer": "the pipeline failed to start (check it with gst-launch-1.0)"}[spec.kind]
-        raise StreamError(f"cannot open video source {spec.text!r}: {hint}")
-    return cap
+from .smoothing import TagStabilizer
+from .video_sources import SourceSpec, frame_adjuster, open_capture, parse_source  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -134,6 +72,7 @@ class FrameReader:
         if every is not None and fps is not None:
             raise StreamError("give every (frames) or fps (per second), not both")
         self.spec = source if isinstance(source, SourceSpec) else parse_source(source)
+        self._adjust = frame_adjuster(self.spec)  # the flip / resize the source itself does not do
         self.live = self.spec.live if live is None else live
         self.realtime = self.live if realtime is None else realtime
         self.every, self.fps = every, fps
@@ -244,7 +183,7 @@ class FrameReader:
                         if wait > 0:
                             self._stop.wait(wait)
                 if self._selected(index, t, state):
-                    self._deliver(Frame(index, t, image))
+                    self._deliver(Frame(index, t, image if self._adjust is None else self._adjust(image)))
                 else:
                     self.stats.skipped += 1
                 index += 1
@@ -292,29 +231,49 @@ class FrameReader:
 
 @dataclass
 class StreamResult:
-    """Tags of one frame."""
+    """Tags of one frame; with events, also the tags that turned on (`added`) and off (`removed`) at it."""
 
     frame: int
     time: float
     result: Any  # TagResult
+    added: list[str] | None = None
+    removed: list[str] | None = None
 
     def to_dict(self, chinese: bool = False) -> dict[str, Any]:
-        """{"frame", "time", "tags"} (or "error"), the tag objects as `ram-edge tag --json` writes them."""
+        """{"frame", "time", "tags"} (or "error"), the tag objects as `ram-edge tag --json` writes them; an event
+        also has "added" and "removed" (tag names) before "tags"."""
         data = self.result.to_dict(chinese)
         data.pop("image", None)
-        return {"frame": self.frame, "time": round(self.time, 3), **data}
+        head: dict[str, Any] = {"frame": self.frame, "time": round(self.time, 3)}
+        if self.added is not None and self.result.ok:
+            head.update(added=self.added, removed=self.removed)
+        return {**head, **data}
 
 
 @dataclass
 class TagStream:
-    """Iterate over (frame, time, tags) of a source with a `Tagger`; `stats` counts what happened."""
+    """Iterate over (frame, time, tags) of a source with a `Tagger`; `stats` counts what happened.
+
+    `smooth` (K frames) and `hysteresis` (a margin D) steady the tags (ram_edge.smoothing.TagStabilizer; the
+    reported score is the K-frame mean); `events` yields only the frames whose tag set changed, with what was
+    added and removed (and frames that failed). `threshold` and `top_k` apply after smoothing.
+    """
 
     tagger: Any
     reader: FrameReader
     threshold: float | None = None
     top_k: int | None = None
     max_frames: int | None = None
+    smooth: int = 1
+    hysteresis: float = 0.0
+    events: bool = False
     stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        # Bad options fail here, when the stream is made, not at its first frame.
+        self._labels = self.tagger.labels if self.threshold is None else self.tagger.labels.with_threshold(self.threshold)
+        stabilizer = TagStabilizer(self._labels.thresholds, smooth=self.smooth, hysteresis=self.hysteresis)
+        self.stabilizer: TagStabilizer | None = stabilizer if stabilizer.active else None
 
     @property
     def stats(self) -> StreamStats:
@@ -326,21 +285,41 @@ class TagStream:
         self.stop_event.set()
         self.reader._stop.set()
 
+    def _tag(self, image: np.ndarray) -> Any:
+        """The TagResult of one BGR frame, steadied by the stabilizer when there is one."""
+        from .tagger import Tag, TagResult
+
+        results, probs = self.tagger.tag_many([image], channels="bgr", threshold=self.threshold, top_k=self.top_k)
+        result = results[0]
+        result.image = None
+        if self.stabilizer is None or not result.ok:
+            return result
+        labels = self._labels
+        fired = self.stabilizer.update(probs[0]).fired(self.top_k)
+        return TagResult(None, [Tag(labels.tags[i], p, labels.zh_name(i) if labels.tags_zh else None) for i, p in fired])
+
     def __iter__(self) -> Iterator[StreamResult]:
         started = self.reader._thread is not None
         if not started:
             self.reader.start()
+        shown: list[str] = []  # the tag set of the last frame, for events
         try:
             for frame in self.reader.frames():
                 if self.stop_event.is_set():
                     break
-                result = self.tagger.tag_many([frame.image], channels="bgr", threshold=self.threshold, top_k=self.top_k)[0][0]
-                result.image = None
+                result = self._tag(frame.image)
+                item = StreamResult(frame.index, frame.time, result)
                 if result.ok:
                     self.stats.tagged += 1
                 else:
                     self.stats.errors += 1
-                yield StreamResult(frame.index, frame.time, result)
+                if self.events and result.ok:
+                    names = [t.tag for t in result.tags]
+                    item.added = [n for n in names if n not in shown]
+                    item.removed = [n for n in shown if n not in names]
+                    shown = names
+                if not self.events or not result.ok or item.added or item.removed:
+                    yield item
                 if self.max_frames is not None and self.stats.tagged + self.stats.errors >= self.max_frames:
                     break
         finally:

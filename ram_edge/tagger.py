@@ -190,17 +190,31 @@ class Tagger:
 
     def stream(self, source: Any, *, every: int | None = None, fps: float | None = None, max_frames: int | None = None,
                realtime: bool | None = None, threshold: float | None = None, top_k: int | None = None,
-               reconnect_attempts: int = 5) -> "TagStream":
-        """Tag the frames of a video file, camera (index or /dev/videoN), RTSP/HTTP URL or GStreamer pipeline.
+               reconnect_attempts: int = 5, input_width: int | None = None, input_height: int | None = None,
+               input_rate: float | None = None, input_flip: str | None = None, input_codec: str | None = None,
+               input_backend: str | None = None, smooth: int = 1, hysteresis: float = 0.0,
+               events: bool = False) -> "TagStream":
+        """Tag the frames of a video file, camera, stream or GStreamer pipeline, named as `ram-edge watch` takes them.
 
-        Iterate over the returned stream for `StreamResult`s (frame index, time in seconds, `TagResult`);
-        its `stats` count frames read, tagged, skipped, dropped. Live sources keep only the newest frame
-        when tagging is slower than the source; `every` / `fps` choose which frames to tag. Needs OpenCV.
+        `source`: a path or file:///path, a camera index, /dev/videoN or v4l2:///dev/videoN, csi://0 (a Jetson CSI
+        camera), rtsp://host:port/path, rtp://@:1234, http(s)://, or a pipeline ending in appsink. `input_width`,
+        `input_height`, `input_rate`, `input_flip` (jetson-utils' names: none, clockwise, rotate-180, ...),
+        `input_codec` (rtp://) and `input_backend` ("ffmpeg" or "gstreamer" for rtsp://) are `watch`'s --input-*
+        options (ram_edge.video_sources). Iterate over the returned stream for `StreamResult`s (frame index, time in
+        seconds, `TagResult`); its `stats` count frames read, tagged, skipped, dropped. Live sources keep only the
+        newest frame when tagging is slower than the source; `every` / `fps` choose which frames to tag. `smooth`
+        averages each tag's probability over the last K tagged frames and `hysteresis` turns a tag on above threshold
+        + D and off at or below threshold - D (ram_edge.smoothing); `events` yields only frames whose tag set changed,
+        with `added` and `removed`. Needs OpenCV.
         """
         from .stream import FrameReader, TagStream
+        from .video_sources import parse_source
 
-        reader = FrameReader(source, every=every, fps=fps, realtime=realtime, reconnect_attempts=reconnect_attempts)
-        return TagStream(self, reader, threshold=threshold, top_k=top_k, max_frames=max_frames)
+        spec = parse_source(source, width=input_width, height=input_height, rate=input_rate, flip=input_flip,
+                            codec=input_codec, backend=input_backend)
+        reader = FrameReader(spec, every=every, fps=fps, realtime=realtime, reconnect_attempts=reconnect_attempts)
+        return TagStream(self, reader, threshold=threshold, top_k=top_k, max_frames=max_frames, smooth=smooth,
+                         hysteresis=hysteresis, events=events)
 
     def iter_tag(
         self,

@@ -217,3 +217,82 @@ def test_tag_pixels_reads_a_buffer_without_copying(tagger):
         tagger.tag_pixels(memoryview(buffer)[:1000], 160, 160, row_stride=stride)
     with pytest.raises(ImageError, match="bad geometry"):
         tagger.tag_pixels(buffer, 160, 160, row_stride=100)
+
+
+# ---- sources as jetson-inference writes them, and steady tags (--smooth, --hysteresis, --events) ------------------
+
+def test_file_uri_and_input_flip_tag_the_flipped_frames(video, tagger):
+    frames = decoded_frames(video)
+    result = _run("watch", f"file://{video}", "--every", REPEAT, "--json", "--input-flip", "rotate-180")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == len(SCENES)
+    for row in rows:
+        expected = tagger.tag([cv2.rotate(frames[row["frame"]], cv2.ROTATE_180)], channels="bgr")[0].to_dict()["tags"]
+        assert row["tags"] == expected
+    api = [i.result.tags for i in tagger.stream(f"file://{video}", every=REPEAT, input_flip="clockwise", input_width=96,
+                                                  input_height=128)]
+    turned = [cv2.resize(cv2.rotate(frames[f], cv2.ROTATE_90_CLOCKWISE), (96, 128), interpolation=cv2.INTER_AREA)
+              for f in range(0, len(frames), REPEAT)]
+    assert api == [r.tags for r in tagger.tag(turned, channels="bgr")]
+
+
+def _sets(items) -> list[frozenset]:
+    return [frozenset(t.tag for t in i.result.tags) for i in items]
+
+
+def test_stream_smoothing_is_the_stabilizer_on_each_frames_probabilities(video, tagger):
+    from ram_edge.smoothing import TagStabilizer
+
+    items = list(tagger.stream(video, smooth=3, hysteresis=0.05, top_k=2))
+    stabilizer = TagStabilizer(tagger.labels.thresholds, smooth=3, hysteresis=0.05)
+    expected = [stabilizer.update(tagger.scores([f], channels="bgr")[0]).fired(top_k=2) for f in decoded_frames(video)]
+    assert [[(t.tag, t.score) for t in i.result.tags] for i in items] == \
+        [[(tagger.tags[k], pytest.approx(p)) for k, p in row] for row in expected]
+    plain = [i.to_dict() for i in tagger.stream(video)]
+    assert [i.to_dict() for i in tagger.stream(video, smooth=1, hysteresis=0.0)] == plain  # K=1, D=0: off
+    with pytest.raises(StreamError, match="--smooth 0"):
+        tagger.stream(video, smooth=0)
+    with pytest.raises(StreamError, match="--hysteresis 0.9 is too large"):
+        tagger.stream(video, hysteresis=0.9)
+
+
+def test_events_are_the_frames_where_the_tag_set_changes(video, tagger):
+    sets = _sets(tagger.stream(video, smooth=2))
+    changes = [(f, s) for f, s in enumerate(sets) if s != (sets[f - 1] if f else frozenset())]
+    events = list(tagger.stream(video, smooth=2, events=True))
+    assert [(e.frame, frozenset(t.tag for t in e.result.tags)) for e in events] == changes
+    previous: frozenset = frozenset()
+    for event in events:
+        now = frozenset(t.tag for t in event.result.tags)
+        assert set(event.added) == now - previous and set(event.removed) == previous - now
+        assert list(event.to_dict()) == ["frame", "time", "added", "removed", "tags"]
+        previous = now
+
+
+def test_watch_events_json_and_human(video):
+    result = _run("watch", video, "--events", "--json", "--smooth", 2, "--hysteresis", 0.05)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows and all(list(r) == ["frame", "time", "added", "removed", "tags"] for r in rows)
+    assert all(r["added"] or r["removed"] for r in rows) and len(rows) < 18
+    assert [r["frame"] for r in rows] == sorted(r["frame"] for r in rows)
+    assert "18 frame(s) read, 18 tagged" in result.stderr
+    human = _run("watch", video, "--events", "--smooth", 2, "--hysteresis", 0.05)
+    assert human.exit_code == 0 and len(human.stdout.splitlines()) == len(rows)
+    for line, row in zip(human.stdout.splitlines(), rows):  # frame 3 (0.30 s): +bell, +chicken, -fallen leaf | bell 0.93, ...
+        change = ", ".join([*(f"+{n}" for n in row["added"]), *(f"-{n}" for n in row["removed"])])
+        assert line.startswith(f"frame {row['frame']} ({row['time']:.2f} s): {change} | "), line
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--smooth", "0"], "error: --smooth 0: the number of frames to average must be a whole number >= 1"),
+    (["--hysteresis", "-0.1"], "error: --hysteresis -0.1 is negative"),
+    (["--hysteresis", "0.6"], "error: --hysteresis 0.6 is too large"),
+    (["--input-rate", "10"], "use --fps 10 to tag at most 10 frames per second"),
+    (["--input-codec", "h264"], "--input-codec applies to rtp://"),
+])
+def test_watch_refuses_bad_stream_options_in_one_line(video, args, needle):
+    result = _run("watch", video, *args)
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
