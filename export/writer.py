@@ -101,9 +101,12 @@ def export_bundle(
     from ram_edge.checkpoint_dir import is_quantized
     from ram_edge.models.checkpoint import load_checkpoint
 
+    from ram_edge.fileio import refuse_existing
+
     from .graph import TaggingGraph, select_label_embed
 
     exporter = _exporter(fmt)
+    refuse_existing(out_dir, overwrite)  # before loading the model and NNCF's kernels: seconds to minutes of work
     model, info = load_checkpoint(model_dir)
     quantized = is_quantized(info)
     precision = precision or ("int8" if quantized else "fp32")

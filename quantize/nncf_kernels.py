@@ -16,17 +16,28 @@ import time
 from pathlib import Path
 
 from ram_edge.dir_lock import try_lock, unlock
-from ram_edge.errors import QuantizeError
+from ram_edge.errors import QuantizeError, debug_enabled
 
 OWN_LOCK = ".ram-edge-kernels.lock"
 TORCH_LOCK = "lock"  # torch.utils.file_baton.FileBaton's file in the build folder
 WAIT_S = 1800.0  # a first build takes about a minute here; a slow board may take many
 
 
+def quiet_nncf_logs() -> None:
+    """NNCF's INFO lines ("Not adding activation input quantizer ...", "Compiling and loading torch extension") stay off
+    the terminal; warnings still show. RAM_EDGE_DEBUG=1 keeps them all."""
+    import logging
+
+    from nncf.common.logging.logger import nncf_logger
+
+    nncf_logger.setLevel(logging.INFO if debug_enabled() else logging.WARNING)  # DEBUG makes NNCF write nncf_debug/ here
+
+
 @functools.lru_cache(maxsize=1)
 def prepare_nncf_kernels() -> Path | None:
     """Load NNCF's CPU kernels now (once per process), first removing a lock file that a killed load left behind;
     returns that file's path when one was removed."""
+    quiet_nncf_logs()
     from nncf.torch.quantization.extensions import QuantizedFunctionsCPU, QuantizedFunctionsCPULoader
 
     build_dir = Path(QuantizedFunctionsCPULoader.get_build_dir())

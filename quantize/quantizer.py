@@ -34,7 +34,7 @@ from ram_edge.fileio import atomic_dir
 
 from .calibration import CalibrationData
 from .config import QuantizeConfig
-from .nncf_kernels import prepare_nncf_kernels
+from .nncf_kernels import prepare_nncf_kernels, quiet_nncf_logs
 
 QUANTIZED_FILE = "quantized.safetensors"
 NNCF_CONFIG_FILE = "nncf_config.json"
@@ -45,6 +45,7 @@ def nncf_output_to_stderr():
     """NNCF prints progress bars and logs on stdout; ram-edge keeps stdout for results (`--json`)."""
     from nncf.common.logging.logger import nncf_logger
 
+    quiet_nncf_logs()
     handlers = [h for h in nncf_logger.handlers if isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
     for handler in handlers:
         handler.setStream(sys.stderr)
@@ -140,6 +141,8 @@ def write_quantized(out_dir: str | Path, info: CheckpointInfo, record: dict[str,
         write_checkpoint_config(tmp, info.config, {**(info.source or {}), "quantization": record})
         if state is not None:
             save_file(state, str(tmp / QUANTIZED_FILE), metadata={"format": "pt"})
+            # safetensors creates it private (0600): a checkpoint copied to a device and run by a service account must read it.
+            (tmp / QUANTIZED_FILE).chmod((tmp / WEIGHTS_FILE).stat().st_mode & 0o777 | 0o444)
             (tmp / NNCF_CONFIG_FILE).write_text(json.dumps(nncf_config), encoding="utf-8")
     return Path(out_dir)
 

@@ -58,3 +58,13 @@ class Terminated(KeyboardInterrupt):
 
 class RamEdgeWarning(RuntimeWarning):
     """Something works, but not as well as it could, and the user can fix it (the CLI prints it as one line)."""
+
+
+DEBUG_ENV = "RAM_EDGE_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """RAM_EDGE_DEBUG is set to something other than empty or 0: tracebacks and dependencies' log lines are shown."""
+    import os
+
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")

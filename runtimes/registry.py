@@ -30,6 +30,8 @@ _FORMATS: dict[str, tuple[str, ...]] = {
 }
 # Extra that installs each backend, for error messages.
 _EXTRAS = {"openvino": "openvino", "ort": "ort", "torch": "torch", "trt": "trt"}
+# The names users type for a backend (package and product names).
+ALIASES = {"onnxruntime": "ort", "onnx-runtime": "ort", "tensorrt": "trt", "ov": "openvino", "pytorch": "torch"}
 
 
 def register(name: str, target: str, formats: tuple[str, ...], extra: str | None = None) -> None:
@@ -45,10 +47,26 @@ def runtime_names() -> list[str]:
     return list(_REGISTRY)
 
 
+def canonical_runtime(name: str) -> str:
+    """The registered backend (or 'auto') that `name` or one of its aliases stands for; unknown names suggest the nearest."""
+    import difflib
+
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key == "auto" or key in _REGISTRY:
+        return key
+    known = ["auto", *_REGISTRY, *ALIASES]
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    suggestion = f" (did you mean {near[0]!r}?)" if near else ""
+    raise RuntimeUnavailableError(f"unknown runtime {name!r}{suggestion}; available: {', '.join(['auto', *_REGISTRY])} "
+                                  f"(also: {', '.join(f'{a} = {n}' for a, n in ALIASES.items())})")
+
+
 def get_runtime_class(name: str) -> type[Runtime]:
-    """Import and return the backend class registered as `name`."""
-    if name not in _REGISTRY:
-        raise RuntimeUnavailableError(f"unknown runtime {name!r}; available: {', '.join(['auto', *_REGISTRY])}")
+    """Import and return the backend class registered as `name` (or an alias of it)."""
+    name = canonical_runtime(name)
+    if name == "auto":
+        raise RuntimeUnavailableError("'auto' picks a runtime for a model: use resolve_runtime('auto', FORMAT)")
     module_name, cls_name = _REGISTRY[name].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -76,7 +94,8 @@ def _installed(name: str) -> bool:
 
 
 def resolve_runtime(name: str, artifact_format: str) -> type[Runtime]:
-    """The backend class for `name` (or `auto`) that can run an artifact of `artifact_format`."""
+    """The backend class for `name` (or `auto`, or an alias) that can run an artifact of `artifact_format`."""
+    name = canonical_runtime(name)
     if name == "auto":
         candidates = [n for n in _REGISTRY if artifact_format in _FORMATS[n]]
         for candidate in candidates:

@@ -867,3 +867,48 @@ def test_ort_int8_baseline_report_times_fp32_dynamic_and_ram_edge_int8(micro, pt
     # The wrong bundle in the wrong place is a clear error, not a traceback.
     with pytest.raises(SystemExit):
         main(["--fp32", str(int8), "--int8", str(fp32), "--workdir", str(tmp_path / "work"), "--report", str(report)])
+
+
+def test_quantized_checkpoint_files_are_readable_by_other_users(ptq_checkpoint):
+    """A checkpoint copied to a device and run by a service account: no file of it may be private (0600)."""
+    for path in ptq_checkpoint.iterdir():
+        assert path.stat().st_mode & 0o444 == 0o444, f"{path.name}: {oct(path.stat().st_mode)}"
+
+
+def test_export_refuses_an_existing_output_before_loading_nncf(ptq_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "exists"
+    out.mkdir()
+    code = ("import sys\nfrom ram_edge.cli.main import main\ntry:\n"
+            f"    main(['export', {str(ptq_checkpoint)!r}, '-o', {str(out)!r}])\n"
+            "finally:\n    print('nncf loaded' if 'nncf' in sys.modules else 'nncf not loaded', file=sys.stderr)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "already exists" in proc.stderr and "nncf not loaded" in proc.stderr, proc.stderr
+
+
+def test_nncf_info_lines_stay_off_the_terminal_unless_debugging(micro, tmp_path, monkeypatch):
+    import logging
+
+    from nncf.common.logging.logger import nncf_logger
+
+    from ram_edge.quantize.nncf_kernels import quiet_nncf_logs
+
+    monkeypatch.delenv("RAM_EDGE_DEBUG", raising=False)
+    quiet_nncf_logs()
+    assert not nncf_logger.isEnabledFor(logging.INFO) and nncf_logger.isEnabledFor(logging.WARNING)
+    monkeypatch.setenv("RAM_EDGE_DEBUG", "1")
+    quiet_nncf_logs()
+    assert nncf_logger.isEnabledFor(logging.INFO)
+    monkeypatch.delenv("RAM_EDGE_DEBUG")
+    quiet_nncf_logs()
+    # What the terminal shows: NNCF's handler writes to the process's own streams, so a real process.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAM_EDGE_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "ram_edge.cli.main", "quantize", str(micro["checkpoint"]), "-o", str(tmp_path / "q"),
+                           "--calib", str(micro["images"])], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "INFO:nncf" not in proc.stdout + proc.stderr and "Not adding activation input quantizer" not in proc.stderr

@@ -18,7 +18,7 @@ import warnings
 import click
 
 from .. import __version__
-from ..errors import MissingDependencyError, RamEdgeError, RamEdgeWarning, Terminated
+from ..errors import MissingDependencyError, RamEdgeError, RamEdgeWarning, Terminated, debug_enabled
 from ..extras import missing_package_message
 
 # command name -> "module:function"; modules import their heavy dependencies lazily.
@@ -35,6 +35,7 @@ COMMANDS = {
     "quantize": "ram_edge.cli.quantize:quantize",
     "watch": "ram_edge.cli.watch:watch",
     "engine": "ram_edge.cli.engine:engine",
+    "compare": "ram_edge.cli.compare:compare",
 }
 
 
@@ -69,7 +70,7 @@ class LazyGroup(click.Group):
             with _optional_packages(lambda: ctx.invoked_subcommand):
                 return super().invoke(ctx)
         except RamEdgeError as exc:
-            if os.environ.get("RAM_EDGE_DEBUG"):
+            if debug_enabled():
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
@@ -79,7 +80,7 @@ class LazyGroup(click.Group):
         except OSError as exc:
             # The machine, not ram-edge: a full disk, a vanished network mount, a permission. One line, as for user
             # errors; a closed stdout (`| head`) is left to Python's quiet handling.
-            if os.environ.get("RAM_EDGE_DEBUG") or isinstance(exc, BrokenPipeError):
+            if debug_enabled() or isinstance(exc, BrokenPipeError):
                 raise
             where = f" ({exc.filename})" if exc.filename else ""
             click.echo(f"error: {exc.strerror or exc}{where}; RAM_EDGE_DEBUG=1 shows where it happened", err=True)
@@ -137,7 +138,7 @@ QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 def _quiet_dependency_logs() -> None:
     """Silence the dependency warnings above below ERROR (all of them with RAM_EDGE_DEBUG=1)."""
-    if not os.environ.get("RAM_EDGE_DEBUG"):
+    if not debug_enabled():
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
 
