@@ -35,6 +35,7 @@ COMMAND_EXTRAS = {
     "quantize": "train",
     "watch": "video",
     "engine": "train",
+    "compare": "torch",
 }
 
 # What setup.cfg declares, for when the distribution's metadata cannot be read (a source tree on

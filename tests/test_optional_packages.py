@@ -58,6 +58,8 @@ CASES = {
     "parse": (["parse", "captions.txt", "--labels", "labels.tsv"], None),
     "quantize": (["quantize", str(ASSETS / "checkpoint"), "-o", "out", "--method", "weights"], "train"),
     "watch": (["watch", str(ASSETS / "examples" / "scene-1.png")], "video"),
+    "compare": (["compare", "-m", str(ASSETS / "bundle_fp32"), "-m", str(ASSETS / "bundle"),
+                 str(ASSETS / "examples" / "scene-1.png")], "ort"),
     "engine": (["engine", "clean", "data.jsonl", "--model", str(ASSETS / "checkpoint"), "--regions", "data.jsonl", "-o", "out"],
                "train"),
 }

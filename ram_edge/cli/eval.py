@@ -38,12 +38,31 @@ def _names(names: list[str], limit: int = 10) -> str:
 @click.option("--tune-thresholds", "tune_out", type=click.Path(), default=None,
               help="Tune each tag's threshold for F1 on DATA and write them (one per model tag) to this file, or to "
                    "thresholds.txt in this directory: pass MODEL itself to update a checkpoint directory.")
+@click.option("--reference", default=None, metavar="MODEL[@RUNTIME]|TAGS.jsonl",
+              help="Score MODEL against another model's answers instead of DATA's labels: a checkpoint directory or "
+                   "bundle (optionally @RUNTIME) run on the same images, or the JSONL `ram-edge tag --json` printed "
+                   "(images matched by path); DATA may then be an image folder or that JSONL too. Reports the figures "
+                   "of `ram-edge compare` (and mAP where DATA has labels).")
 def eval_command(model, data, data_format, taglist, image_root, runtime, device, threads, compute_precision, batch_size, as_json,
-                 per_tag_out, tune_out) -> None:
+                 per_tag_out, tune_out, reference) -> None:
     """Evaluate MODEL on DATA: mAP, per-tag AP, P/R/F1 at the model's thresholds (all in percent).
+
+    With --reference, or when DATA is what `ram-edge tag --json` printed, MODEL is scored against that reference's
+    answers instead: tag-set F1, identical tag sets, |Δp|, flips, as `ram-edge compare` reports them.
 
     Exits with 1 when images failed (they are excluded from the metrics and listed), as `tag` does.
     """
+    from ram_edge.compare import is_tag_json
+
+    if reference is None and is_tag_json(data):
+        # What `tag --json` prints holds a model's answers, not ground truth: scoring against it is what was meant.
+        click.echo(f"note: {data} is `ram-edge tag --json` output, not ground truth: scoring {model} against its answers "
+                   f"(as --reference {data})", err=True)
+        reference = data
+    if reference is not None:
+        _eval_reference(model, data, reference, data_format, taglist, image_root, runtime, device, threads,
+                        compute_precision, batch_size, as_json, per_tag_out, tune_out)
+        return
     from ram_edge.tagger import Tagger
     from ram_edge.training.eval_data import load_evalset
     from ram_edge.training.evaluate import evaluate, tune_report_thresholds, write_per_tag_csv, write_thresholds
@@ -97,3 +116,149 @@ def _print_human(report) -> None:
     click.echo(f"mAP:      {_fmt(report.mAP)}")
     for name, summary in (("macro", report.macro), ("micro", report.micro)):
         click.echo(f"{name} P/R/F1: {_fmt(summary['precision'])} / {_fmt(summary['recall'])} / {_fmt(summary['f1'])}")
+
+
+def _eval_reference(model, data, reference, data_format, taglist, image_root, runtime, device, threads, compute_precision,
+                    batch_size, as_json, per_tag_out, tune_out) -> None:
+    """`eval --reference`: MODEL against a reference model run on the same images, or a `tag --json` file."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ram_edge.compare import (CompareError, answer_image, answers_fired, common_tags, compare_fired, compare_scores,
+                                  is_tag_json, json_safe, match_answers, read_tag_answers)
+
+    from .compare import (ModelSpec, agreement_lines, check_model, labelled_map, list_sources, note_uncompared,
+                          parse_model_spec, progress_bar, report_failures, run_model, table_lines)
+
+    if per_tag_out or tune_out:
+        given = "--per-tag-out" if per_tag_out else "--tune-thresholds"
+        raise CompareError(f"{given} needs ground truth, and MODEL is scored against {reference}'s answers; drop "
+                           f"{given}, or pass labelled evaluation data as DATA without --reference")
+    spec = ModelSpec(str(model), Path(model), runtime)
+    info = check_model(spec, option=None)  # describe() already names the model in its errors
+    ref_path = Path(reference)
+    answers = ref_spec = None
+    if ref_path.is_file():
+        answers = read_tag_answers(ref_path)
+        tags = list(dict.fromkeys(info.labels.tags))
+        ref_name = f"{reference} (answers of `ram-edge tag --json`)"
+    else:
+        ref_spec = parse_model_spec(reference, "--reference")
+        ref_info = check_model(ref_spec, "--reference")
+        tags = common_tags([ref_info.labels.tags, info.labels.tags], [f"--reference {reference}", f"MODEL {model}"])
+        ref_name = reference
+
+    evalset = None
+    failed: list[tuple[str, str]] = []
+    if Path(data).is_dir():
+        images, failed = list_sources([data])
+    elif is_tag_json(data):
+        images = [answer_image(a.image, Path(data).parent)
+                  for a in (answers if answers is not None and Path(data) == ref_path else read_tag_answers(data))]
+    else:
+        from ram_edge.training.eval_data import load_evalset
+
+        evalset = load_evalset(data, data_format, taglist=taglist, image_root=image_root)
+        images = [str(p) for p in evalset.images]
+    total = len(images) + len(failed)
+
+    unmatched: list[str] = []
+    matched_answers: list = []
+    if answers is not None:
+        index = match_answers(images, answers, base=ref_path.parent)
+        unmatched = [img for img, j in zip(images, index) if j is None]
+        failed += [(img, f"{img}: the reference failed on it: {answers[j].error}")
+                   for img, j in zip(images, index) if j is not None and answers[j].error is not None]
+        pairs = [(img, answers[j]) for img, j in zip(images, index) if j is not None and answers[j].error is None]
+        if not pairs and failed:
+            raise CompareError(f"{reference} holds only errors for the images of {data} (first: {failed[0][1]}); make the "
+                               "reference again with `ram-edge tag --json` on images that load")
+        if not pairs:
+            raise CompareError(f"none of the {len(images)} image(s) of {data} has an answer in {reference} (images are "
+                               "matched by path, relative ones from the current folder or the reference file's); run "
+                               f"`ram-edge tag --json` on the same images, from the same folder, to make the reference")
+        images = [img for img, _ in pairs]
+        matched_answers = [a for _, a in pairs]
+        if unmatched:
+            click.echo(f"warning: {len(unmatched)} of {total} image(s) of {data} have no answer in {reference} and were "
+                       f"not scored (e.g. {unmatched[0]}); images are matched by path", err=True)
+
+    runs = []
+    if images:
+        bar = progress_bar(len(images) * (1 if ref_spec is None else 2))
+        try:
+            for s, option in ([(ref_spec, "--reference")] if ref_spec is not None else []) + [(spec, None)]:
+                runs.append(run_model(s, images, device=device, threads=threads, compute_precision=compute_precision,
+                                      batch_size=batch_size, bar=bar, option=option))
+        finally:
+            bar.close()
+    bad: dict[int, str] = {}
+    for run in runs:
+        for i, error in run.errors.items():
+            bad.setdefault(i, error)
+    failed = [(images[i], bad[i]) for i in sorted(bad)] + failed
+    ok = [i for i in range(len(images)) if i not in bad]
+    if not ok:
+        first = failed[0][1] if failed else "no images"
+        raise CompareError(f"all {total} image(s) of {data} failed, nothing to score (first: {first}); check the image "
+                           "paths (official benchmarks: pass the image folder with --image-root)")
+    report_failures(failed, total)
+    rows = np.array(ok)
+    kept = [images[i] for i in ok]
+    run = runs[-1]
+    if ref_spec is not None:
+        agreement = compare_scores(runs[0].probs[rows], run.probs[rows], run.labels, runs[0].labels, tags=tags, images=kept)
+        note_uncompared({f"--reference {reference}": agreement.reference_only, f"MODEL {model}": agreement.model_only},
+                        len(tags))
+    else:
+        reference_fired, unknown = answers_fired([matched_answers[i] for i in ok], tags)
+        cols = [run.labels.index_of(t) for t in tags]
+        agreement = compare_fired(reference_fired, run.labels.fired(run.probs[rows])[:, cols], tags, images=kept)
+        agreement.reference_only = unknown
+        if unknown:
+            click.echo(f"note: {len(unknown)} tag(s) of {reference} unknown to {model} were not compared: "
+                       f"{_names(unknown)}", err=True)
+    scored = None
+    if evalset is not None:
+        scored = labelled_map(evalset, kept, [r.probs[rows] for r in runs], [r.labels for r in runs], tags, str(data))
+
+    if as_json:
+        report = {
+            "model": str(model),
+            "reference": str(reference),
+            "reference_kind": "model" if ref_spec is not None else "tags file",
+            "data": str(data),
+            "images": len(kept),
+            "failed_images": len(failed),
+            "failed": [{"image": img, "error": err} for img, err in failed],
+            "unmatched_images": len(unmatched),
+            "unmatched": unmatched[:100],
+            "agreement": agreement.to_dict(),
+        }
+        if scored:
+            report["mAP"] = {"model": scored["mAP"][-1], "reference": scored["mAP"][0] if ref_spec is not None else None}
+            report["labels"] = {k: v for k, v in scored.items() if k != "mAP"}
+        click.echo(json.dumps(json_safe(report), ensure_ascii=False))
+        return _exit_if(failed)
+    click.echo(f"data:      {data}")
+    click.echo(f"reference: {ref_name}")
+    click.echo(f"images:    {len(kept)} scored, {len(failed)} failed" + (f", {len(unmatched)} without a reference answer"
+                                                                       if unmatched else ""))
+    click.echo(f"tags:      {len(tags)} compared")
+    if ref_spec is None:
+        click.echo("           (the reference file holds no probabilities: no |Δp|)")
+    click.echo("")
+    maps = scored["mAP"] if scored else [None] * len(runs)
+    rows_out = ([(reference, None, maps[0])] if ref_spec is not None else []) + [(str(model), agreement, maps[-1])]
+    for line in table_lines(rows_out):
+        click.echo(line)
+    click.echo("")
+    for line in agreement_lines(str(model), str(reference), agreement):
+        click.echo(line)
+    _exit_if(failed)
+
+
+def _exit_if(failed) -> None:
+    if failed:
+        sys.exit(1)
