@@ -38,6 +38,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
     example = torch.zeros(1, 3, image_size, image_size)
     with nncf_output_to_stderr():
         native = nncf.strip(quantized, do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+        strip_shared_quantizers(native)
     write_onnx(native.eval(), path, image_size)
     import onnx
 
@@ -56,6 +57,24 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
     unshare_weight_quantization(model.graph)
     save_onnx(model, path)
     return folded
+
+
+def strip_shared_quantizers(native: torch.nn.Module) -> int:
+    """Replace the activation quantizers `nncf.strip` left in place with torch's FakeQuantize; returns how many.
+
+    NNCF's strip walks the hooks with duplicates removed, so a quantizer shared by two hooks (one activation feeding
+    two quantized consumers under unified scales, as the Swin encoder's last LayerNorm does when SmoothQuant is off)
+    is replaced at one of them only; the other exports as OpenVINO's custom FakeQuantize op, which onnxruntime and
+    TensorRT cannot load."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer
+    from nncf.torch.quantization.strip import convert_to_torch_fakequantizer
+
+    storage = get_hook_storage(native)
+    left = [(name, module) for name, module in storage.named_hooks(remove_duplicate=False) if isinstance(module, BaseQuantizer)]
+    for name, module in left:
+        storage.set_submodule(name, convert_to_torch_fakequantizer(module))
+    return len(left)
 
 
 def unshare_weight_quantization(graph) -> int:

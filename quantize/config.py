@@ -10,6 +10,7 @@ from typing import Any
 from ram_edge.errors import ConfigError, QuantizeError
 
 METHODS = ("ptq", "qat", "weights")
+PRESETS = ("mixed", "performance")
 DEFAULT_IGNORED_PATTERNS = ("^patch_embed/proj/(0/)?conv2d/0$",)
 
 
@@ -63,6 +64,14 @@ class QuantizeConfig:
     ignored_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORED_PATTERNS))
     ignored_types: list[str] = field(default_factory=list)
     fast_bias_correction: bool = True
+    # NNCF's advanced PTQ choices that matter for Swin, as data (benchmarks/smooth_quant.md measures them):
+    # SmoothQuant migrates activation outliers into the MatMul weights (alpha: how much; NNCF's default 0.95);
+    # bias correction re-fits biases to the quantized outputs; the preset picks the activation quantizers:
+    # "mixed" (asymmetric uint8, NNCF's transformer default) or "performance" (symmetric: what TensorRT takes as is).
+    smooth_quant: bool = True
+    smooth_quant_alpha: float = 0.95
+    bias_correction: bool = True
+    preset: str = "mixed"
     weights_mode: str = "int8_asym"  # for method "weights": nncf.CompressWeightsMode value
     seed: int = 0
     qat: QATConfig = field(default_factory=QATConfig)
@@ -76,6 +85,11 @@ class QuantizeConfig:
             raise QuantizeError(f"quantization method {self.method!r} is unknown; valid: {', '.join(METHODS)}")
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
             raise QuantizeError(f"calib_size must be a positive integer, got {self.calib_size!r}")
+        if not isinstance(self.smooth_quant_alpha, (int, float)) or not 0.0 < float(self.smooth_quant_alpha) <= 1.0:
+            raise QuantizeError(f"smooth_quant_alpha must lie in (0, 1], got {self.smooth_quant_alpha!r}; "
+                                f"set smooth_quant: false to turn SmoothQuant off")
+        if self.preset not in PRESETS:
+            raise QuantizeError(f"preset {self.preset!r} is unknown; valid: {', '.join(PRESETS)}")
         if self.weights_mode not in ("int8_asym", "int8_sym"):
             raise QuantizeError(f"weights_mode {self.weights_mode!r} is not 8-bit; valid: int8_asym, int8_sym")
 

@@ -161,11 +161,22 @@ def _quantize(graph: torch.nn.Module, cfg: QuantizeConfig, calib: CalibrationDat
         quantized = nncf.quantize(
             graph, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib.images),
             fast_bias_correction=cfg.fast_bias_correction, ignored_scope=_ignored_scope(cfg),
+            preset=nncf.QuantizationPreset.PERFORMANCE if cfg.preset == "performance" else nncf.QuantizationPreset.MIXED,
+            advanced_parameters=_advanced(cfg),
         )
         state, nncf_config = graph_state(quantized)
     else:
         _compress_weights(graph, cfg, image_size)  # fails here, not on load, if NNCF cannot compress this model
     return state, nncf_config
+
+
+def _advanced(cfg: QuantizeConfig):
+    """NNCF's advanced parameters for the config's SmoothQuant and bias-correction choices."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    alpha = float(cfg.smooth_quant_alpha) if cfg.smooth_quant else -1.0  # NNCF: a negative alpha turns it off
+    return AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha),
+                                          disable_bias_correction=not cfg.bias_correction)
 
 
 def load_quantized(path: str | Path) -> tuple[torch.nn.Module, CheckpointInfo]:

@@ -230,6 +230,9 @@ def test_openvino_int8_kernels_follow_the_cpu_or_the_setting(micro, ptq_checkpoi
         tagger = Tagger.load(bundle, runtime="openvino")
         assert tagger.runtime.int8_kernels is wanted
         assert int8_kernels_used(tagger) is wanted, (setting, avx2_only)
+        # The products' precision, as onnxruntime reports it; the float layers' stays ram-edge's fp32.
+        assert tagger.runtime.compute_precision == ("int8" if wanted else "fp32")
+        assert tagger.runtime.inference_precision == "fp32"
         assert np.abs(tagger.predict(batch) - expected).max() <= TOLERANCES["int8"]
     monkeypatch.setenv(openvino_runtime.INT8_KERNELS_ENV, "sometimes")
     with pytest.raises(ConfigError, match="RAM_EDGE_OV_INT8_KERNELS='sometimes' is not valid"):
@@ -912,3 +915,33 @@ def test_nncf_info_lines_stay_off_the_terminal_unless_debugging(micro, tmp_path,
                            "--calib", str(micro["images"])], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "INFO:nncf" not in proc.stdout + proc.stderr and "Not adding activation input quantizer" not in proc.stderr
+
+
+@pytest.mark.parametrize("settings", [{"smooth_quant": False}, {"smooth_quant_alpha": 0.5, "bias_correction": False},
+                                      {"preset": "performance"}])
+def test_nncf_ptq_choices_quantize_and_export(micro, tmp_path, settings):
+    """SmoothQuant off / another alpha / no bias correction / symmetric activations: each quantizes, is recorded, and
+    exports to an INT8 ONNX that onnxruntime loads (with SmoothQuant off, NNCF's strip left a shared quantizer behind
+    as OpenVINO's custom FakeQuantize op)."""
+    import onnx
+    import yaml
+
+    config = tmp_path / "q.yaml"
+    config.write_text(yaml.safe_dump({"method": "ptq", **settings}))
+    result = _run("quantize", micro["checkpoint"], "-o", tmp_path / "q", "--calib", micro["images"], "--config", config)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "q" / "config.json").read_text())["source"]["quantization"]["config"]
+    assert all(recorded[k] == v for k, v in settings.items())
+    result = _run("export", tmp_path / "q", "-o", tmp_path / "onnx")
+    assert result.exit_code == 0, result.output
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node}
+    assert "FakeQuantize" not in ops and "QuantizeLinear" in ops
+
+
+@pytest.mark.parametrize("bad, needle", [({"smooth_quant_alpha": 0}, "smooth_quant_alpha"), ({"preset": "fast"}, "preset")])
+def test_nncf_ptq_choices_are_checked(bad, needle):
+    from ram_edge.errors import QuantizeError
+    from ram_edge.quantize.config import QuantizeConfig
+
+    with pytest.raises(QuantizeError, match=needle):
+        QuantizeConfig.from_dict(bad)
