@@ -150,3 +150,49 @@ def test_harness_import_does_not_import_torch():
 @needs_torch
 def test_matmul_roofline_is_positive():
     assert matmul_roofline(threads=1, n=64, repeats=2) > 0
+
+
+# ---- side by side: `ram-edge bench A B [C ...]` ---------------------------------------------------
+
+def test_side_by_side_rounds_alternate_and_speedups_are_against_the_first():
+    from ram_edge.benchmarks.side_by_side import bench_side_by_side, interleaved_order, table_lines
+
+    assert interleaved_order(3, 2) == [(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
+    ran: list[str] = []
+    latency = {"a": [10.0, 12.0], "b": [5.0, 4.0], "c": []}
+
+    def measure(model, runtime, options):
+        ran.append(model)
+        if model == "c":
+            return {"error": "runtime 'openvino' is not installed"}
+        value = latency[model][sum(1 for m in ran if m == model) - 1]
+        return {"latency_image_ms": {"p50": value}, "runtime": runtime, "precision": "int8", "compute_precision": "int8",
+                "batch_size": 1, "model_size_mb": 2.5}
+
+    rows = bench_side_by_side([("a", "ort"), ("b", "openvino"), ("c", "openvino")], rounds=2, measure=measure, progress=False)
+    assert ran == ["a", "b", "c", "c", "b", "a"]
+    assert rows[0]["ms_per_image"] == 11.0 and rows[0]["speedup_vs_first"] == 1.0
+    assert rows[1]["ms_per_image"] == 4.5 and rows[1]["speedup_vs_first"] == pytest.approx(11.0 / 4.5)
+    assert rows[1]["round_spread"] == pytest.approx(1.0 / 4.5)
+    assert rows[2]["ms_per_image"] is None and "not installed" in rows[2]["error"]
+    lines = table_lines(rows)
+    assert "2.44x" in lines[2] and "failed: runtime 'openvino' is not installed" in lines[3]
+    with pytest.raises(RamEdgeError, match="two or more"):
+        bench_side_by_side([("a", "ort")], measure=measure, progress=False)
+
+
+def test_bench_two_models_side_by_side_on_the_command_line():
+    pytest.importorskip("onnxruntime", reason="the ort extra is needed: pip install 'ram-edge[ort]'")
+    from ram_edge.default_model import default_model_path
+
+    fp32, int8 = default_model_path("bundle_fp32"), default_model_path("bundle")
+    result = CliRunner().invoke(cli, ["bench", str(fp32), f"{int8}@onnxruntime", "--iters", "2", "--warmup", "0", "--rounds", "1",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["rows"]
+    assert [r["runtime"] for r in rows] == ["ort", "ort"] and [r["precision"] for r in rows] == ["fp32", "int8"]
+    assert rows[0]["speedup_vs_first"] == 1.0 and rows[1]["speedup_vs_first"] > 0 and rows[1]["compute_precision"] == "int8"
+    one = CliRunner().invoke(cli, ["bench", f"{int8}@ort", "--iters", "2", "--warmup", "0", "--json"])
+    assert one.exit_code == 0 and json.loads(one.stdout.strip().splitlines()[-1])["runtime"] == "ort", one.output
+    refused = CliRunner().invoke(cli, ["bench", str(fp32), "--rounds", "3"])
+    assert refused.exit_code == 2 and "--rounds: only with two or more models" in refused.output

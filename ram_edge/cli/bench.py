@@ -1,4 +1,4 @@
-"""`ram-edge bench`: time one runtime on one checkpoint directory or bundle."""
+"""`ram-edge bench`: time one runtime on one checkpoint directory or bundle, several side by side, or a suite."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _human(r) -> list[str]:
 
 
 @click.command()
-@click.argument("model", type=click.Path(), required=False)
+@click.argument("models", nargs=-1, metavar="MODEL[@RUNTIME]...")
 @click.option("--suite", "suite_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Run a benchmark suite (YAML: models x runtimes x precisions x batches x tag counts) instead of one MODEL.")
 @click.option("-o", "--output", "report_dir", type=click.Path(file_okay=False), default="bench-reports", show_default=True,
@@ -57,10 +57,15 @@ def _human(r) -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the runtime.")
 @compute_precision_option
 @click.option("--images", "images", type=click.Path(exists=True, file_okay=False), default=None, help="Benchmark on these images (cycled to fill the batch) instead of random input.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="With two or more models: interleaved rounds (A B C, C B A, ...), each run in a fresh process [2].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every number.")
-def bench(model, suite_file, report_dir, workdir, runtime, device, batch_size, iters, warmup, threads, compute_precision, images,
-          as_json) -> None:
+def bench(models, suite_file, report_dir, workdir, runtime, device, batch_size, iters, warmup, threads, compute_precision, images,
+          rounds, as_json) -> None:
     """Benchmark MODEL (checkpoint directory or bundle): load time, latency, throughput, memory.
+
+    With two or more models (each PATH or PATH@RUNTIME, e.g. fp32_bundle int8_ir@openvino): each timed in
+    its own process in interleaved rounds, one table with the speed-up against the first.
 
     With --suite FILE.yaml: the whole matrix the file describes, each cell in a fresh process, written
     as a markdown + JSON report with plots (see benchmarks/suites/ for examples).
@@ -68,14 +73,26 @@ def bench(model, suite_file, report_dir, workdir, runtime, device, batch_size, i
     from ..benchmarks.harness import run_benchmark
 
     if suite_file:
-        if model:
+        if models:
             raise click.UsageError("give MODEL or --suite, not both (the suite file names its models)")
-        _refuse_given(_CELL_OPTIONS, "not with --suite: the suite file sets them for each cell; edit it instead")
+        _refuse_given(_CELL_OPTIONS + ("rounds",), "not with --suite: the suite file sets them for each cell; edit it instead")
         _run_suite(suite_file, report_dir, workdir, as_json)
         return
-    if not model:
-        raise click.UsageError("give MODEL (a checkpoint directory or bundle) or --suite FILE.yaml")
+    if not models:
+        raise click.UsageError("give MODEL (a checkpoint directory or bundle), two or more to compare, or --suite FILE.yaml")
     _refuse_given(_SUITE_OPTIONS, "only with --suite; to keep one MODEL's numbers, use --json > FILE.json")
+    if len(models) > 1:
+        _side_by_side(models, runtime, device, batch_size, iters, warmup, threads, compute_precision, images, rounds or 2, as_json)
+        return
+    _refuse_given(("rounds",), "only with two or more models")
+    from .compare import parse_model_spec
+
+    spec = parse_model_spec(models[0], option="MODEL")
+    model = str(spec.path)
+    if spec.runtime != "auto":
+        if runtime != "auto":
+            raise click.UsageError(f"{models[0]}: give the runtime once, as MODEL@RUNTIME or --runtime")
+        runtime = spec.runtime
 
     result = run_benchmark(
         model, runtime=runtime, device=device, batch_size=batch_size, iters=iters, warmup=warmup,
@@ -86,6 +103,33 @@ def bench(model, suite_file, report_dir, workdir, runtime, device, batch_size, i
     else:
         for line in _human(result):
             click.echo(line)
+
+
+def _side_by_side(models, runtime, device, batch_size, iters, warmup, threads, compute_precision, images, rounds, as_json) -> None:
+    """Several models timed in interleaved rounds, one table (benchmarks/side_by_side.py)."""
+    from ..benchmarks.side_by_side import bench_side_by_side, table_lines
+    from .compare import parse_model_spec
+
+    specs = [parse_model_spec(text, option="MODEL") for text in models]
+    for spec in specs:
+        if not spec.path.exists():
+            raise click.UsageError(f"MODEL {spec.text}: {spec.path} does not exist")
+    options = ["--batch-size", str(batch_size), "--iters", str(iters), "--warmup", str(warmup)]
+    for flag, value in (("--device", device), ("--threads", threads), ("--compute-precision", compute_precision),
+                        ("--images", images)):
+        if value is not None:
+            options += [flag, str(value)]
+    pairs = [(str(s.path), s.runtime if s.runtime != "auto" else runtime) for s in specs]
+    rows = bench_side_by_side(pairs, options, rounds=rounds)
+    for row, spec in zip(rows, specs):
+        row["model"] = spec.text
+    if as_json:
+        click.echo(json.dumps({"rounds": rounds, "rows": rows}))
+    else:
+        for line in table_lines(rows):
+            click.echo(line)
+    if any(r["ms_per_image"] is None for r in rows):
+        raise SystemExit(1)
 
 
 _SUITE_OPTIONS = ("report_dir", "workdir")
