@@ -172,7 +172,46 @@ def export_bundle(
             **({"quantization": int8_extra} if int8_extra is not None else {}),
         }
         manifest = write_manifest(tmp, manifest)
+        if int8_extra is not None:
+            photos = _held_out_photos(tmp, fmt, float_graph, labels, info.source["quantization"], config)
+            if photos is not None:
+                manifest["quantization"]["vs_float_photos"] = photos
+                manifest = write_manifest(tmp, manifest)
     return manifest
+
+
+# The runtime each exported format is checked on: its own.
+_FORMAT_RUNTIME = {"onnx": "ort", "openvino": "openvino"}
+
+
+def _held_out_photos(bundle_dir: Path, fmt: str, float_graph, labels: LabelSet, quantization: dict[str, Any],
+                     config) -> dict[str, Any] | None:
+    """The written INT8 bundle on its runtime against the float model, on the photos `quantize` held out of calibration."""
+    import torch
+
+    from ram_edge import Tagger
+    from ram_edge.compare import compare_scores
+    from ram_edge.preprocess import load_image, preprocess
+
+    held_out = quantization.get("held_out") or {}
+    paths = held_out.get("image_paths") or []
+    if not paths:
+        return None
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        return {"skipped": f"{len(missing)} of the {len(paths)} held-out photos are gone (e.g. {missing[0]}); "
+                           f"compare on photos of yours with `ram-edge compare`"}
+    images = np.stack([preprocess(load_image(p), config.preprocess) for p in paths]).astype(np.float32)
+    with torch.inference_mode():
+        reference = float_graph(torch.from_numpy(images)).numpy()
+    runtime = _FORMAT_RUNTIME.get(fmt, "auto")
+    with Tagger.load(bundle_dir, runtime=runtime) as tagger:
+        probs = tagger.predict(images)
+    agreement = compare_scores(reference, probs, labels)
+    threshold = (quantization.get("config") or {}).get("agreement_threshold", held_out.get("threshold", 0.97))
+    return {"images": agreement.images, "runtime": runtime, "inputs": "the photos `ram-edge quantize` held out of calibration",
+            "tag_set_f1": agreement.tag_set_f1, "identical_sets": agreement.identical_sets, "max_abs_diff": agreement.max_abs_diff,
+            "p99_abs_diff": agreement.p99_abs_diff, "threshold": threshold, "passed": agreement.tag_set_f1 >= threshold}
 
 
 def _use_label_set(quantized, float_graph) -> None:

@@ -28,6 +28,7 @@ class CalibrationData:
     kind: str  # "folder", "jsonl", "official" or "wds"
     unreadable: int = 0
     examples_unreadable: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # per image: its file path (absolute) or dataset key
 
     def summary(self) -> dict:
         """What the quantized checkpoint (and later the bundle manifest) records."""
@@ -90,6 +91,7 @@ def load_calibration(data: str | Path, preprocess_cfg: PreprocessConfig, count: 
     else:  # streamed shards: the first readable samples, in shard order
         items, total = loaders, None
     images: list[np.ndarray] = []
+    names: list[str] = []
     bad: list[str] = []
     with tqdm(total=min(count, total) if total is not None else count, desc="calibration images", unit="img",
               file=sys.stderr, disable=None if progress else True, leave=False) as bar:
@@ -98,6 +100,7 @@ def load_calibration(data: str | Path, preprocess_cfg: PreprocessConfig, count: 
                 break
             try:
                 images.append(preprocess(load(), preprocess_cfg))
+                names.append(str(Path(name).resolve()) if Path(name).is_file() else name)
                 bar.update(1)
             except (RamEdgeError, OSError, ValueError) as exc:
                 bad.append(f"{name}: {exc}")
@@ -106,4 +109,4 @@ def load_calibration(data: str | Path, preprocess_cfg: PreprocessConfig, count: 
             raise QuantizeError(f"none of the {len(bad)} calibration image(s) in {data} could be read (first: {bad[0]}); "
                                 f"give readable images")
         raise QuantizeError(f"no calibration images in {data}; give a folder with .jpg/.png/... files or a dataset that lists some")
-    return CalibrationData(np.stack(images).astype(np.float32), str(data), kind, len(bad), bad[:5])
+    return CalibrationData(np.stack(images).astype(np.float32), str(data), kind, len(bad), bad[:5], names)

@@ -73,6 +73,12 @@ class QuantizeConfig:
     bias_correction: bool = True
     preset: str = "mixed"
     weights_mode: str = "int8_asym"  # for method "weights": nncf.CompressWeightsMode value
+    # The held-out check: this share of the calibration source (at least held_out_min images) is kept out of
+    # calibration and tags are compared with the float model on it; below agreement_threshold (mean tag-set F1)
+    # a warning names the remedies. held_out_fraction 0 turns the check off.
+    held_out_fraction: float = 0.2
+    held_out_min: int = 16
+    agreement_threshold: float = 0.97
     seed: int = 0
     qat: QATConfig = field(default_factory=QATConfig)
 
@@ -88,6 +94,12 @@ class QuantizeConfig:
         if not isinstance(self.smooth_quant_alpha, (int, float)) or not 0.0 < float(self.smooth_quant_alpha) <= 1.0:
             raise QuantizeError(f"smooth_quant_alpha must lie in (0, 1], got {self.smooth_quant_alpha!r}; "
                                 f"set smooth_quant: false to turn SmoothQuant off")
+        if not isinstance(self.held_out_fraction, (int, float)) or not 0.0 <= float(self.held_out_fraction) < 1.0:
+            raise QuantizeError(f"held_out_fraction must lie in [0, 1), got {self.held_out_fraction!r}")
+        if not isinstance(self.held_out_min, int) or self.held_out_min < 1:
+            raise QuantizeError(f"held_out_min must be a positive integer, got {self.held_out_min!r}")
+        if not isinstance(self.agreement_threshold, (int, float)) or not 0.0 <= float(self.agreement_threshold) <= 1.0:
+            raise QuantizeError(f"agreement_threshold must lie in [0, 1], got {self.agreement_threshold!r}")
         if self.preset not in PRESETS:
             raise QuantizeError(f"preset {self.preset!r} is unknown; valid: {', '.join(PRESETS)}")
         if self.weights_mode not in ("int8_asym", "int8_sym"):

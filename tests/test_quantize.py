@@ -94,8 +94,9 @@ def test_ptq_checkpoint_reloads_exactly_and_runs_like_any_checkpoint(micro, tmp_
                   "--calib-size", 100, "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    # 24 readable images, the broken one skipped and counted (and named on stderr).
-    assert record["calibration"] == {"source": str(micro["images"]), "kind": "folder", "images": 24, "unreadable": 1}
+    # 24 readable images, the broken one skipped and counted (and named on stderr); 1 in 5 held out for the check.
+    assert record["calibration"] == {"source": str(micro["images"]), "kind": "folder", "images": 20, "unreadable": 1}
+    assert record["held_out"]["images"] == 4
     assert "1 calibration image(s) could not be read" in result.stderr and "broken.jpg" in result.stderr
     assert record["method"] == "ptq" and record["tools"]["nncf"]
     for name in (QUANTIZED_FILE, NNCF_CONFIG_FILE, "config.json", "tags.txt", "thresholds.txt"):
@@ -150,7 +151,7 @@ def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_ch
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "ptq"
-    assert manifest["quantization"]["calibration"]["images"] == 24
+    assert manifest["quantization"]["calibration"]["images"] == 20 and manifest["quantization"]["held_out"]["images"] == 4
     assert manifest["validation"]["max_abs_diff"] <= TOLERANCES["int8"]
     assert 0 <= manifest["quantization"]["vs_float"]["tag_set_f1"] <= 1
     batch = _batch(micro)
@@ -669,6 +670,9 @@ def test_export_int8_with_calib_runs_ptq_on_the_way(micro, tmp_path):
     assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "ptq"
     assert manifest["quantization"]["calibration"]["images"] == 12 and manifest["quantization"]["calibration"]["kind"] == "folder"
     assert (bundle / "model.xml").is_file()
+    # 24 photos: 12 calibrate, 4 (1 in 5) are held out and check the written IR on OpenVINO.
+    assert manifest["quantization"]["held_out"]["images"] == 4
+    assert manifest["quantization"]["vs_float_photos"]["images"] == 4 and manifest["quantization"]["vs_float_photos"]["runtime"] == "openvino"
 
 
 def test_sensitivity_report_ranks_operations_and_its_patterns_keep_them_in_float(micro, tmp_path):
@@ -945,3 +949,69 @@ def test_nncf_ptq_choices_are_checked(bad, needle):
 
     with pytest.raises(QuantizeError, match=needle):
         QuantizeConfig.from_dict(bad)
+
+
+# ---- the held-out check -----------------------------------------------------------------------------
+
+def test_held_out_split_sizes():
+    from ram_edge.quantize.config import QuantizeConfig
+    from ram_edge.quantize.held_out import extra_images, held_out_count
+
+    cfg = QuantizeConfig()
+    assert extra_images(cfg) == 75 and held_out_count(375, cfg) == 75  # 1 in 5 of what is read, 300 calibrate
+    assert held_out_count(100, cfg) == 20 and held_out_count(40, cfg) == 16 and held_out_count(24, cfg) == 4
+    off = QuantizeConfig(held_out_fraction=0)
+    assert extra_images(off) == 0 and held_out_count(375, off) == 0
+    assert extra_images(QuantizeConfig(method="weights")) == 0
+
+
+def test_held_out_warning_names_the_remedies():
+    from ram_edge.quantize.held_out import warning
+
+    assert warning({"passed": True}) is None
+    message = warning({"passed": False, "threshold": 0.97, "tag_set_f1": 0.9})
+    assert message.startswith("warning: ") and "0.900" in message and "--method qat" in message and "smooth_quant: false" in message
+
+
+def test_quantize_reports_and_records_the_held_out_check_as_compare_computes_it(micro, tmp_path):
+    from ram_edge.checkpoint_dir import read_checkpoint_dir
+
+    out = tmp_path / "q"
+    result = _run("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"], "--json")
+    assert result.exit_code == 0, result.output
+    record = read_checkpoint_dir(out).source["quantization"]
+    check = record["held_out"]
+    assert check["images"] == 4 and record["calibration"]["images"] == 20  # 24 readable photos: 1 in 5 held out
+    assert len(check["image_paths"]) == 4 and all(p.startswith(str(micro["images"].resolve())) for p in check["image_paths"])
+    assert json.loads(result.stdout)["held_out"]["tag_set_f1"] == check["tag_set_f1"]
+    assert f"held-out check of the quantized model on 4 image(s)" in result.stderr
+    assert ("warning: INT8 changed the tags" in result.stderr) == (not check["passed"])
+    # The same figure from `ram-edge compare` on the same images, the float and the quantized checkpoint on torch.
+    compared = _run("compare", "-m", f"{micro['checkpoint']}@torch", "-m", f"{out}@torch", *check["image_paths"], "--json")
+    assert compared.exit_code == 0, compared.output
+    agreement = json.loads(compared.stdout)["models"][1]["agreement"]
+    assert agreement["tag_set_f1"] == pytest.approx(check["tag_set_f1"], abs=1e-9)
+    assert agreement["max_abs_diff"] == pytest.approx(check["max_abs_diff"], abs=1e-6)
+
+
+@pytest.mark.parametrize("fmt, runtime", [("onnx", "ort"), ("openvino", "openvino")])
+def test_export_checks_the_written_bundle_on_the_held_out_photos(micro, tmp_path, fmt, runtime):
+    from ram_edge.bundle import read_bundle
+    from ram_edge.compare import compare_scores
+    from ram_edge import Tagger
+
+    q = tmp_path / "q"
+    assert _run("quantize", micro["checkpoint"], "-o", q, "--calib", micro["images"]).exit_code == 0
+    result = _run("export", q, "-o", tmp_path / "bundle", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    manifest = read_bundle(tmp_path / "bundle").manifest["quantization"]
+    photos, random_inputs = manifest["vs_float_photos"], manifest["vs_float"]
+    assert photos["images"] == 4 and photos["runtime"] == runtime and "held out" in photos["inputs"]
+    assert "random" in random_inputs["inputs"]  # the random-tensor figure stays, labelled as such
+    assert f"held-out check of the written bundle ({runtime}) on 4 photo(s)" in result.stderr
+    # The figure is compare's on the same photos: the float checkpoint (torch) against the bundle on its runtime.
+    paths = manifest["held_out"]["image_paths"]
+    with Tagger.load(micro["checkpoint"], runtime="torch") as ref, Tagger.load(tmp_path / "bundle", runtime=runtime) as got:
+        agreement = compare_scores(ref.scores(paths), got.scores(paths), got.labels)
+    assert agreement.tag_set_f1 == pytest.approx(photos["tag_set_f1"], abs=1e-9)
+    assert agreement.max_abs_diff == pytest.approx(photos["max_abs_diff"], abs=1e-5)

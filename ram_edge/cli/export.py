@@ -188,14 +188,20 @@ def _export_int8_via_ptq(model: str, output: str, fmt: str, calib: str, calib_si
     info = read_checkpoint_dir(model)
     if is_quantized(info):
         raise RamEdgeError(f"{model} is already quantized; export it without --calib")
+    from ..quantize.held_out import extra_images, held_out_check, record_held_out, split_held_out
+
     refuse_existing(output, overwrite)  # before minutes of calibration
-    data = load_calibration(calib, info.config.preprocess, calib_size)
+    cfg = QuantizeConfig(method="ptq", calib_size=calib_size)
+    data = load_calibration(calib, info.config.preprocess, calib_size + extra_images(cfg))
     if data.unreadable:
         click.echo(f"warning: {data.unreadable} calibration image(s) could not be read and were skipped "
                    f"(first: {data.examples_unreadable[0]})", err=True)
+    data, check = split_held_out(data, cfg)
     with tempfile.TemporaryDirectory(prefix="ram-edge-ptq-") as tmp:
         quantized = Path(tmp) / f"{Path(model).name}-ptq"
-        quantize_checkpoint(model, quantized, QuantizeConfig(method="ptq", calib_size=calib_size), data)
+        quantize_checkpoint(model, quantized, cfg, data)
+        if check is not None:  # recorded for export_bundle, which checks the written bundle on the same photos
+            record_held_out(quantized, held_out_check(model, quantized, check, cfg))
         return export_bundle(quantized, output, fmt=fmt, precision="int8", overwrite=overwrite)
 
 
@@ -208,6 +214,18 @@ def _report(manifest: dict, output: str, fmt: str, as_json: bool) -> None:
         f"wrote {output}: {fmt} {manifest['precision']}, {manifest['family']}, {len(manifest['labels']['tags'])} tags; "
         f"validated against torch at batch {val['batch_sizes']}: max |diff| {val['max_abs_diff']:.2e} (tolerance {val['tolerance']:g})"
     )
+    photos = (manifest.get("quantization") or {}).get("vs_float_photos")
+    if photos and "tag_set_f1" in photos:
+        click.echo(f"held-out check of the written bundle ({photos['runtime']}) on {photos['images']} photo(s) not used for "
+                   f"calibration: tag-set F1 {photos['tag_set_f1']:.3f} against the float model, identical tag sets "
+                   f"{100 * photos['identical_sets']:.0f}%, max |dp| {photos['max_abs_diff']:.3f}", err=True)
+        if not photos["passed"]:
+            from ..quantize.held_out import REMEDIES
+
+            click.echo(f"warning: the bundle's tags differ from the float model's more than agreement_threshold {photos['threshold']:g} "
+                       f"allows on the held-out photos; remedies: {REMEDIES}", err=True)
+    elif photos:
+        click.echo(f"note: no held-out check of the bundle: {photos['skipped']}", err=True)
 
 
 def _vocab_embeddings(model: str, vocab: str, text_encoder: str, threshold: float | None):

@@ -52,14 +52,17 @@ def quantize(model, output, method, calib, calib_size, steps, run_dir, stop_at, 
         raise click.UsageError("--report measures activation and weight quantizers: use it with --method ptq or qat")
     info = read_checkpoint_dir(model)  # a bad MODEL fails before the calibration images are read
     refuse_existing(output, overwrite)
-    data = None
+    data = check = None
     if cfg.method in ("ptq", "qat"):
+        from ..quantize.held_out import extra_images, split_held_out
+
         if not calib:
             raise QuantizeError(f"--method {cfg.method} needs calibration images: pass --calib with a folder of your photos or a dataset")
-        data = load_calibration(calib, info.config.preprocess, cfg.calib_size, seed=cfg.seed)
+        data = load_calibration(calib, info.config.preprocess, cfg.calib_size + extra_images(cfg), seed=cfg.seed)
         if data.unreadable:
             click.echo(f"warning: {data.unreadable} calibration image(s) could not be read and were skipped "
                        f"(first: {data.examples_unreadable[0]})", err=True)
+        data, check = split_held_out(data, cfg)
     if cfg.method == "qat":
         from ..quantize.qat import quantization_aware_training
 
@@ -76,6 +79,8 @@ def quantize(model, output, method, calib, calib_size, steps, run_dir, stop_at, 
         from ..quantize.quantizer import quantize_checkpoint
 
         record = quantize_checkpoint(model, output, cfg, data, overwrite=overwrite)
+    if check is not None:
+        record["held_out"] = _held_out(model, output, check, cfg)
     sensitivity = _sensitivity(output, data, as_json) if report else None
     if as_json:
         click.echo(json.dumps({**record, **({"sensitivity": sensitivity} if sensitivity else {})}))
@@ -84,6 +89,19 @@ def quantize(model, output, method, calib, calib_size, steps, run_dir, stop_at, 
     if cfg.method == "qat":
         what += f", then {record['qat']['steps']} QAT steps"
     click.echo(f"wrote {output}: {cfg.method} ({what}); export it with `ram-edge export {output} -o BUNDLE` or run it with --runtime torch")
+
+
+def _held_out(model: str, output: str, check, cfg) -> dict:
+    """Run the held-out check, record it in OUTPUT, print its line (and the warning below the threshold) on stderr."""
+    from ..quantize.held_out import held_out_check, line, record_held_out, warning
+
+    result = held_out_check(model, output, check, cfg, seen_in_training=cfg.method == "qat")
+    record_held_out(output, result)
+    click.echo(line(result), err=True)
+    message = warning(result)
+    if message:
+        click.echo(message, err=True)
+    return result
 
 
 def _qat_interrupted(exc: KeyboardInterrupt, run_dir: str) -> str:
