@@ -73,7 +73,8 @@ def _bundles(work: Path, name: str, overrides: dict[str, Any], checkpoint: Path,
     folder = work / slug
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "quantize.yaml"
-    config.write_text(yaml.safe_dump({"method": "ptq", "calib_size": calib_size, **overrides}))
+    # Every image of the calibration folder calibrates: the answers are measured on the test and held-out splits.
+    config.write_text(yaml.safe_dump({"method": "ptq", "calib_size": calib_size, "held_out_fraction": 0, **overrides}))
     quantized = folder / "q"
     if not (quantized / "config.json").is_file():
         run_cli("quantize", checkpoint, "-o", quantized, "--calib", calib, "--config", config, "--overwrite", capture=True)
