@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from ram_edge import Tagger
     from ram_edge.checkpoint_dir import read_checkpoint_dir
     from ram_edge.default_model import default_model_path
-    from ram_edge.export.query_space import minilm_vocab_embeddings
+    from ram_edge.models.queries.space import minilm_vocab_embeddings
     from ram_edge.export.writer import export_bundle
     from ram_edge.training.config import TrainConfig
     from ram_edge.training.loop import train

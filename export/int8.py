@@ -25,7 +25,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
     keeps products that onnxruntime would dequantize at run time whole (OpenVINO folds slices into stored copies
     of the constant).
     """
-    from ram_edge.quantize.quantizer import nncf_output_to_stderr  # first: it sets NNCF's kernel-build timeout
+    from ram_edge.models.quantized import nncf_output_to_stderr  # first: it sets NNCF's kernel-build timeout
 
     import nncf
 

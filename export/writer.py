@@ -4,16 +4,13 @@ write the manifest; all in a temporary directory renamed into place only on succ
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ram_edge import __version__
-from ram_edge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, write_manifest
+from ram_edge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, tool_versions, write_manifest
 from ram_edge.errors import ExportError, MissingDependencyError
 from ram_edge.fileio import atomic_dir
 from ram_edge.labels import LabelSet, tag_set_f1
@@ -37,16 +34,6 @@ class FormatResult:
     validation: ValidationReport
     queries: str
     extra: dict[str, Any] | None = None
-
-
-def _versions(names: Sequence[str]) -> dict[str, str]:
-    out = {"ram_edge": __version__, "python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _exporter(fmt: str):
@@ -103,7 +90,7 @@ def export_bundle(
 
     from ram_edge.fileio import refuse_existing
 
-    from .graph import TaggingGraph, select_label_embed
+    from ram_edge.models.tagging_graph import TaggingGraph, select_label_embed
 
     exporter = _exporter(fmt)
     refuse_existing(out_dir, overwrite)  # before loading the model and NNCF's kernels: seconds to minutes of work
@@ -131,7 +118,7 @@ def export_bundle(
     reference = None
     graph_precision = precision
     if quantized:
-        from ram_edge.quantize.quantizer import load_quantized
+        from ram_edge.models.quantized import load_quantized
 
         float_graph, (quantized_graph, _) = graph, load_quantized(model_dir)
         if indices is not None or new_embed is not None:
@@ -166,7 +153,7 @@ def export_bundle(
             "files": result.files,
             "validation": result.validation.to_dict(),
             "source": {"checkpoint": str(Path(model_dir).name), "weights_sha256": _sha(info.weights_path), "origin": info.source},
-            "tools": _versions(["torch", "onnx", "onnxruntime", "openvino", "onnxconverter-common", "tensorrt"]),
+            "tools": tool_versions(["torch", "onnx", "onnxruntime", "openvino", "onnxconverter-common", "tensorrt"]),
             **({"extra": result.extra} if result.extra else {}),
             # int8: method, config (ignored scopes), calibration summary, and the distance to the float model.
             **({"quantization": int8_extra} if int8_extra is not None else {}),

@@ -66,7 +66,7 @@ def float_probs(model_dir: str | Path, images: np.ndarray) -> np.ndarray:
     """The float checkpoint's probabilities on `images` (preprocessed)."""
     from ram_edge.models.checkpoint import load_checkpoint
 
-    from .quantizer import tagging_graph
+    from ram_edge.models.quantized import tagging_graph
 
     model, _ = load_checkpoint(model_dir)
     return _probs(tagging_graph(model), images)
@@ -77,7 +77,7 @@ def held_out_check(model_dir: str | Path, quantized_dir: str | Path, check: Cali
     """Agreement of the quantized checkpoint (NNCF's fake-quantized graph on torch) with the float one on `check`."""
     from ram_edge.compare import compare_scores
 
-    from .quantizer import load_quantized, nncf_output_to_stderr
+    from ram_edge.models.quantized import load_quantized, nncf_output_to_stderr
 
     reference = float_probs(model_dir, check.images)
     with nncf_output_to_stderr():

@@ -22,14 +22,13 @@ from torch import nn
 
 from ram_edge.errors import QuantizeError
 from ram_edge.fileio import refuse_existing
+from ram_edge.models.quantized import load_quantized, nncf_output_to_stderr, tagging_graph
 from ram_edge.training.config import DataConfig, LossConfig, OptimConfig, TrainConfig
 from ram_edge.training.loop import Trainer, run_directory
 
 from .calibration import CalibrationData, detect_kind
 from .config import QATConfig, QuantizeConfig
-from .quantizer import (
-    graph_state, load_quantized, nncf_output_to_stderr, quantization_record, quantize_checkpoint, tagging_graph, write_quantized,
-)
+from .quantizer import graph_state, quantization_record, quantize_checkpoint, write_quantized
 
 PTQ_DIR = "ptq"
 RUN_FILE = "qat_run.json"

@@ -112,3 +112,20 @@ def read_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                 f"{file_path}: sha256 does not match the manifest (file changed or corrupt); re-export or re-copy the bundle"
             )
     return bundle
+
+
+def tool_versions(names: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """ram-edge's and Python's versions, and those of the named packages that are installed (what a bundle or a
+    quantized checkpoint was made with)."""
+    import importlib.metadata
+    import platform
+
+    from . import __version__
+
+    out = {"ram_edge": __version__, "python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out

@@ -61,7 +61,7 @@ class TorchRuntime(Runtime):
         # A quantized checkpoint runs as its quantized tagging graph, which gives probabilities, not logits.
         self._gives_probs = is_quantized(read_checkpoint_dir(path))
         if self._gives_probs:
-            from ram_edge.quantize.quantizer import load_quantized
+            from ram_edge.models.quantized import load_quantized
 
             model, self.info = load_quantized(path)
         else:

@@ -15,7 +15,8 @@ pytest.importorskip("yaml", reason="the train extra is needed: pip install 'ram-
 from ram_edge.checkpoint_dir import read_checkpoint_dir  # noqa: E402
 from ram_edge.errors import ConfigError  # noqa: E402
 from ram_edge.training.config import TrainConfig  # noqa: E402
-from ram_edge.training.setup_model import center_embeddings, resolve_query_space  # noqa: E402
+from ram_edge.models.queries.space import center_embeddings
+from ram_edge.training.setup_model import resolve_query_space  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "ram_edge" / "assets" / "default_model"
 CHECKPOINT = ASSETS / "checkpoint"
@@ -24,7 +25,7 @@ NEW = ["red square", "blue circle", "kettle"]
 
 
 def _minilm():
-    from ram_edge.training import text_encoder as te
+    from ram_edge.models.queries import minilm as te
 
     if not te.minilm_available():
         pytest.skip(f"the MiniLM text encoder is not installed: {te.PIP_INSTALL}")

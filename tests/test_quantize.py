@@ -78,7 +78,7 @@ def _batch(micro) -> np.ndarray:
 
 def _float_probs(micro, batch: np.ndarray) -> np.ndarray:
     from ram_edge.models.checkpoint import load_checkpoint
-    from ram_edge.quantize.quantizer import tagging_graph
+    from ram_edge.models.quantized import tagging_graph
 
     model, _ = load_checkpoint(micro["checkpoint"])
     with torch.no_grad():
@@ -87,7 +87,7 @@ def _float_probs(micro, batch: np.ndarray) -> np.ndarray:
 
 def test_ptq_checkpoint_reloads_exactly_and_runs_like_any_checkpoint(micro, tmp_path):
     from ram_edge import Tagger
-    from ram_edge.quantize.quantizer import NNCF_CONFIG_FILE, QUANTIZED_FILE, load_quantized
+    from ram_edge.models.quantized import NNCF_CONFIG_FILE, QUANTIZED_FILE, load_quantized
 
     out = tmp_path / "ptq"
     result = _run("quantize", micro["checkpoint"], "-o", out, "--method", "ptq", "--calib", micro["images"],
@@ -144,7 +144,7 @@ def ptq_checkpoint(micro, tmp_path_factory) -> Path:
 def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_checkpoint, tmp_path, fmt, runtime):
     from ram_edge import Tagger
     from ram_edge.export.validate import TOLERANCES
-    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.models.quantized import load_quantized
 
     bundle = tmp_path / f"int8-{fmt}"
     result = _run("export", ptq_checkpoint, "-o", bundle, "--format", fmt, "--json")
@@ -210,7 +210,7 @@ def test_openvino_int8_kernels_follow_the_cpu_or_the_setting(micro, ptq_checkpoi
     from ram_edge import Tagger
     from ram_edge.errors import ConfigError
     from ram_edge.export.validate import TOLERANCES
-    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.models.quantized import load_quantized
     from ram_edge.runtimes import openvino_runtime
 
     bundle = tmp_path / "int8-ov"
@@ -260,7 +260,7 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
     from ram_edge.errors import ConfigError, RamEdgeWarning
     from ram_edge.export.int8 import unshare_weight_quantization
     from ram_edge.export.validate import TOLERANCES
-    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.models.quantized import load_quantized
     from ram_edge.runtimes import ort_runtime
 
     bundle = tmp_path / "int8-onnx"
@@ -411,7 +411,7 @@ def test_int8_bundle_runtime_path_imports_no_torch(ptq_checkpoint, micro, tmp_pa
 
 
 def test_weights_only_needs_no_calibration_and_reloads_exactly(micro, tmp_path):
-    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.models.quantized import load_quantized
 
     out = tmp_path / "weights"
     result = _run("quantize", micro["checkpoint"], "-o", out, "--method", "weights")
@@ -478,7 +478,7 @@ def _kl_on(checkpoint: Path, micro, images: np.ndarray) -> float:
     """Binary KL of a quantized checkpoint's tag probabilities from the float model's, on `images`."""
     from ram_edge.models.checkpoint import load_checkpoint
     from ram_edge.quantize.qat import binary_kl
-    from ram_edge.quantize.quantizer import load_quantized, tagging_graph
+    from ram_edge.models.quantized import load_quantized, tagging_graph
 
     teacher = tagging_graph(load_checkpoint(micro["checkpoint"])[0])
     student, _ = load_quantized(checkpoint)
@@ -517,7 +517,7 @@ def test_qat_fine_tunes_the_ptq_model_towards_the_float_one(micro, qat_run):
     from ram_edge import Tagger
     from ram_edge.config import PreprocessConfig
     from ram_edge.quantize.calibration import load_calibration
-    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.models.quantized import load_quantized
 
     record = qat_run["record"]
     assert record["method"] == "qat" and record["qat"]["steps"] == 10 and record["calibration"]["images"] == 16
@@ -632,7 +632,7 @@ def test_qat_bundles_and_tag_subsets_of_quantized_models(micro, qat_run, tmp_pat
 def test_weights_only_bundles_store_8_bit_weights(micro, tmp_path, fmt, runtime):
     from ram_edge import Tagger
     from ram_edge.export.validate import TOLERANCES
-    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.models.quantized import load_quantized
 
     weights = tmp_path / "w8"
     assert _run("quantize", micro["checkpoint"], "-o", weights, "--method", "weights").exit_code == 0
@@ -676,7 +676,7 @@ def test_export_int8_with_calib_runs_ptq_on_the_way(micro, tmp_path):
 
 
 def test_sensitivity_report_ranks_operations_and_its_patterns_keep_them_in_float(micro, tmp_path):
-    from ram_edge.quantize.quantizer import load_quantized
+    from ram_edge.models.quantized import load_quantized
     from ram_edge.quantize.sensitivity import quantizer_groups
 
     out = tmp_path / "ptq"
@@ -900,7 +900,7 @@ def test_nncf_info_lines_stay_off_the_terminal_unless_debugging(micro, tmp_path,
 
     from nncf.common.logging.logger import nncf_logger
 
-    from ram_edge.quantize.nncf_kernels import quiet_nncf_logs
+    from ram_edge.models.nncf_kernels import quiet_nncf_logs
 
     monkeypatch.delenv("RAM_EDGE_DEBUG", raising=False)
     quiet_nncf_logs()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ram_edge.training import text_encoder as te
+from ram_edge.models.queries import minilm as te
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_open_set_export_with_minilm_uses_the_trained_query_space(encoder, tmp_p
 
     from ram_edge.checkpoint_dir import read_checkpoint_dir
     from ram_edge.cli.main import cli
-    from ram_edge.export.query_space import minilm_vocab_embeddings
+    from ram_edge.models.queries.space import minilm_vocab_embeddings
 
     rng = np.random.default_rng(0)
     center = rng.normal(size=384).astype(np.float32) * 0.01

@@ -541,7 +541,7 @@ def test_clip_teacher_and_ram_plus_alignment_train(tmp_path):
         expected = clip.get_image_features(pixel_values=pixels)
     assert torch.allclose(trainer.teacher(images), expected, atol=1e-5)
     # Caption queries are the CLIP text embeddings (unit rows, label_embed_scale 1, not centred).
-    from ram_edge.export.vocab import ClipTextEncoder
+    from ram_edge.models.queries.vocab import ClipTextEncoder
 
     captions = ["a red square", "two blue circles"]
     text = trainer.caption_embedder(captions)

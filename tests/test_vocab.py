@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ram_edge.errors import ExportError, LabelError
-from ram_edge.export.vocab import (
+from ram_edge.models.queries.vocab import (
     DEFAULT_OPEN_SET_THRESHOLD,
     PROMPT_TEMPLATES,
     description_embeddings,
@@ -43,7 +43,7 @@ def clip_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def encoder(clip_dir):
-    from ram_edge.export.vocab import ClipTextEncoder
+    from ram_edge.models.queries.vocab import ClipTextEncoder
 
     return ClipTextEncoder(clip_dir)
 
@@ -154,7 +154,7 @@ def test_read_official_description_file():
 
 
 def test_module_import_is_light():
-    code = "import sys, ram_edge.export.vocab; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = "import sys, ram_edge.models.queries.vocab; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -162,7 +162,7 @@ def test_module_import_is_light():
 
 
 def test_missing_or_wrong_model_dir(tmp_path):
-    from ram_edge.export.vocab import ClipTextEncoder
+    from ram_edge.models.queries.vocab import ClipTextEncoder
 
     with pytest.raises(ExportError, match=r"not found; download .*clip-vit-base-patch16"):
         ClipTextEncoder(tmp_path / "absent")
@@ -174,7 +174,7 @@ def test_missing_or_wrong_model_dir(tmp_path):
 
 
 def test_config_without_weights(tmp_path, clip_dir):
-    from ram_edge.export.vocab import ClipTextEncoder
+    from ram_edge.models.queries.vocab import ClipTextEncoder
 
     for name in ("config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         if (clip_dir / name).exists():
@@ -184,7 +184,7 @@ def test_config_without_weights(tmp_path, clip_dir):
 
 
 def test_encode_shape_norm_determinism(clip_dir, encoder):
-    from ram_edge.export.vocab import ClipTextEncoder
+    from ram_edge.models.queries.vocab import ClipTextEncoder
 
     texts = ["a cat.", "This is a photo of a very long dog " * 20, "x"]
     emb = encoder.encode(texts)
@@ -240,7 +240,7 @@ def test_full_clip_checkpoint(tmp_path):
     transformers = _need_transformers()
     import torch
 
-    from ram_edge.export.vocab import ClipTextEncoder
+    from ram_edge.models.queries.vocab import ClipTextEncoder
 
     text = _tiny_text_config(tmp_path)
     vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=16)
@@ -267,7 +267,7 @@ def test_export_open_set_vocabulary_end_to_end(clip_dir, tmp_path, family):
     from ram_edge import Tagger
     from ram_edge.cli.main import cli
     from ram_edge.config import HeadConfig, ModelConfig, PreprocessConfig, SwinConfig
-    from ram_edge.export.vocab import ClipTextEncoder, description_embeddings, tag_embeddings
+    from ram_edge.models.queries.vocab import ClipTextEncoder, description_embeddings, tag_embeddings
     from ram_edge.labels import LabelSet
     from ram_edge.models import build_model
     from ram_edge.models.checkpoint import save_checkpoint
@@ -295,7 +295,7 @@ def test_export_open_set_vocabulary_end_to_end(clip_dir, tmp_path, family):
     names = ["zebra", "hot air balloon"]
     embed = description_embeddings(encoder, names, {}, per_tag=des) if family == "ram_plus" else tag_embeddings(encoder, names)
     x = np.random.default_rng(0).uniform(-2, 2, (2, 3, 32, 32)).astype(np.float32)
-    from ram_edge.export.graph import TaggingGraph
+    from ram_edge.models.tagging_graph import TaggingGraph
 
     with torch.no_grad():
         expected = TaggingGraph(model, torch.from_numpy(np.asarray(embed, np.float32)))(torch.from_numpy(x)).numpy()

@@ -100,7 +100,7 @@ class TrainConfig:
     # Subtract the mean over the label set's text embeddings and renormalise before scaling: prompt
     # ensembles share a large template component (cosine 0.35 between unrelated tags with MiniLM),
     # which makes every query look alike at the start of training. New tags at inference must be
-    # centred with the same mean (`ram_edge.training.setup_model.center_embeddings`). None: as the init
+    # centred with the same mean (`ram_edge.models.queries.space.center_embeddings`). None: as the init
     # checkpoint recorded (with its mean), else off; with init_from, new tags use the recorded mean.
     center_label_embed: bool | None = None
     caption: dict[str, Any] = field(default_factory=dict)  # CaptionConfig fields + "vocab" path

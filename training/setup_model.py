@@ -13,6 +13,8 @@ import torch
 from ram_edge.config import ModelConfig
 from ram_edge.errors import ConfigError
 
+from ram_edge.models.queries.space import center_embeddings, text_embeddings
+
 from .config import TrainConfig
 from .model import RAMForTraining
 
@@ -54,30 +56,6 @@ def _keep_thresholds(system, init_labels) -> None:
     system.thresholds = thresholds
 
 
-def text_embeddings(kind: str, names: list[str], family: str, des_per_class: int) -> np.ndarray:
-    """Label embeddings (rows per class = des_per_class) from the configured text encoder."""
-    if kind.startswith("clip:"):
-        from ram_edge.export.vocab import ClipTextEncoder, tag_embeddings
-
-        embed = tag_embeddings(ClipTextEncoder(kind[len("clip:"):]), names)
-    elif kind == "minilm":
-        from .text_encoder import MiniLMEncoder, prompt_ensemble
-
-        embed = prompt_ensemble(MiniLMEncoder(), names)
-    else:
-        raise ConfigError(f"text_encoder {kind!r} cannot embed tags; use 'clip:<local dir>' or 'minilm'")
-    embed = np.asarray(embed, np.float32)
-    # RAM++ keeps des_per_class rows per class; a prompt ensemble repeats, which the per-image mixing returns unchanged.
-    return np.repeat(embed, des_per_class, axis=0) if family == "ram_plus" else embed
-
-
-def center_embeddings(embed: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(unit rows of embed - mean, mean); the mean defaults to the rows' own mean."""
-    mean = embed.mean(0) if mean is None else mean
-    centred = embed - mean
-    return centred / np.linalg.norm(centred, axis=-1, keepdims=True), mean
-
-
 @dataclass
 class LabelQuerySpace:
     """How this run turns text embeddings into label queries; recorded in the trained checkpoint."""
@@ -99,7 +77,7 @@ def resolve_query_space(cfg: TrainConfig, init_info=None) -> LabelQuerySpace:
     if init_info is None:
         return LabelQuerySpace(cfg.text_encoder, 1.0 if cfg.label_embed_scale is None else float(cfg.label_embed_scale),
                                bool(cfg.center_label_embed))
-    from ram_edge.export.query_space import MINILM, encoder_kind, query_space
+    from ram_edge.models.queries.space import MINILM, encoder_kind, query_space
 
     recorded = query_space(init_info)
     where = f"init_from {init_info.path}"

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from ram_edge.config import PreprocessConfig
 from ram_edge.errors import ConfigError
-from ram_edge.export.vocab import clip_tower_config
+from ram_edge.models.queries.vocab import clip_tower_config
 
-from .setup_model import center_embeddings
+from ram_edge.models.queries.space import center_embeddings
 
 # OpenAI CLIP normalisation, used when the directory has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -90,11 +90,11 @@ class CaptionEmbedder:
 
     def __init__(self, kind: str, center: np.ndarray | None, scale: float, device: torch.device | str = "cpu") -> None:
         if kind.startswith(CLIP_PREFIX):
-            from ram_edge.export.vocab import ClipTextEncoder
+            from ram_edge.models.queries.vocab import ClipTextEncoder
 
             self.encoder = ClipTextEncoder(_clip_dir(kind, "the alignment text encoder"))
         elif kind == "minilm":
-            from .text_encoder import MiniLMEncoder
+            from ram_edge.models.queries.minilm import MiniLMEncoder
 
             self.encoder = MiniLMEncoder()
         else:

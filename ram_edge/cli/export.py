@@ -231,9 +231,9 @@ def _report(manifest: dict, output: str, fmt: str, as_json: bool) -> None:
 def _vocab_embeddings(model: str, vocab: str, text_encoder: str, threshold: float | None):
     """(tags, embeddings, threshold) for an open-set vocabulary, in the checkpoint's label-query space."""
     from ..checkpoint_dir import read_checkpoint_dir
-    from ..export import vocab as vocab_mod
+    from ..models.queries import vocab as vocab_mod
 
-    from ..export.query_space import MINILM, check_clip_space, minilm_vocab_embeddings
+    from ..models.queries.space import MINILM, check_clip_space, minilm_vocab_embeddings
 
     info = read_checkpoint_dir(model)
     config = info.config

@@ -125,7 +125,7 @@ def _sensitivity(output: str, data, quiet: bool) -> dict:
     from pathlib import Path
 
     from ..fileio import atomic_file
-    from ..quantize.quantizer import load_quantized, nncf_output_to_stderr
+    from ..models.quantized import load_quantized, nncf_output_to_stderr
     from ..quantize.sensitivity import format_report, sensitivity_report
 
     graph, info = load_quantized(output)

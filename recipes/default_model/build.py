@@ -149,7 +149,7 @@ def finalize(model_dir: Path | None = None) -> None:
     held = LabelSystem.load(DATA / "labels_heldout.tsv")
     # The same computation as `ram-edge export --vocab FILE --text-encoder minilm`.
     from ram_edge.checkpoint_dir import read_checkpoint_dir
-    from ram_edge.export.query_space import minilm_vocab_embeddings
+    from ram_edge.models.queries.space import minilm_vocab_embeddings
 
     held_embed = minilm_vocab_embeddings(read_checkpoint_dir(final), held.tags)
     scale = float(cfg.get("label_embed_scale", 1.0))

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ram_edge.checkpoint_dir import CheckpointInfo
-from ram_edge.errors import ExportError
+from ram_edge.errors import ConfigError, ExportError
 
 MINILM = "minilm"
 
@@ -65,8 +65,7 @@ def minilm_vocab_embeddings(info: CheckpointInfo, names: Sequence[str]) -> np.nd
         )
     if info.config.family != "ram":
         raise ExportError(f"{info.path} is a {info.config.family} model; MiniLM vocabularies are for RAM models")
-    from ram_edge.training.setup_model import center_embeddings
-    from ram_edge.training.text_encoder import MiniLMEncoder, prompt_ensemble
+    from .minilm import MiniLMEncoder, prompt_ensemble
 
     encoder = MiniLMEncoder()
     embed = prompt_ensemble(encoder, list(names))
@@ -88,3 +87,27 @@ def check_clip_space(info: CheckpointInfo) -> None:
             f"{', centred' if space.center is not None or space.recompute_center else ''}); plain CLIP embeddings "
             f"would not match them: {hint}"
         )
+
+
+def text_embeddings(kind: str, names: list[str], family: str, des_per_class: int) -> np.ndarray:
+    """Label embeddings (rows per class = des_per_class) from the configured text encoder."""
+    if kind.startswith("clip:"):
+        from .vocab import ClipTextEncoder, tag_embeddings
+
+        embed = tag_embeddings(ClipTextEncoder(kind[len("clip:"):]), names)
+    elif kind == "minilm":
+        from .minilm import MiniLMEncoder, prompt_ensemble
+
+        embed = prompt_ensemble(MiniLMEncoder(), names)
+    else:
+        raise ConfigError(f"text_encoder {kind!r} cannot embed tags; use 'clip:<local dir>' or 'minilm'")
+    embed = np.asarray(embed, np.float32)
+    # RAM++ keeps des_per_class rows per class; a prompt ensemble repeats, which the per-image mixing returns unchanged.
+    return np.repeat(embed, des_per_class, axis=0) if family == "ram_plus" else embed
+
+
+def center_embeddings(embed: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(unit rows of embed - mean, mean); the mean defaults to the rows' own mean."""
+    mean = embed.mean(0) if mean is None else mean
+    centred = embed - mean
+    return centred / np.linalg.norm(centred, axis=-1, keepdims=True), mean
