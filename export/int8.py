@@ -29,7 +29,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
 
     import nncf
 
-    from .int8_activations import fold_float_scales, sink_dequantize
+    from .int8_activations import dequantize_at_reductions, fold_float_scales, sink_dequantize
     from .onnx_file import save_onnx
     from .onnx_format import write_onnx
     from .query_chunks import chunk_label_queries
@@ -47,6 +47,7 @@ def write_int8_onnx(quantized: torch.nn.Module, path: Path, image_size: int, for
     folded = fold_quantized_weights(model.graph)
     fold_weight_transposes(model.graph)
     sink_dequantize(model.graph)
+    dequantize_at_reductions(model.graph)
     fold_float_scales(model.graph)
     fold_constant_products(model.graph)
     if not for_openvino:

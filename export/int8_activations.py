@@ -14,12 +14,18 @@ default model and 0.005 on Swin-L/384 (random weights) against the graph without
 
 from __future__ import annotations
 
+from typing import Collection
+
 import numpy as np
 
 from . import onnx_graph
 
 # Ops that move or select values without changing them: per-tensor (de)quantization commutes with them.
 _MOVE_OPS = frozenset({"Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
+# Averages and sums. OpenVINO's CPU plugin (2026.4) computes one of these on the 8-bit tensor when a DequantizeLinear
+# reaches it through a Transpose (Swin's pooled token: DQ -> Transpose -> GlobalAveragePool), and its int8 mean / sum
+# over a middle axis is 0 past the first image of a batch (benchmarks/openvino_int8_batch.md): dequantize_at_reductions.
+REDUCTIONS = frozenset({"GlobalAveragePool", "ReduceMean", "ReduceSum"})
 
 
 def _per_tensor(node, constants: dict) -> bool:
@@ -27,7 +33,7 @@ def _per_tensor(node, constants: dict) -> bool:
     return all(name in constants and int(np.prod(constants[name].dims)) == 1 for name in node.input[1:3] if name)
 
 
-def sink_dequantize(graph) -> int:
+def sink_dequantize(graph, into: Collection[str] | None = None) -> int:
     """Move per-tensor DequantizeLinear nodes of activations below the data-movement ops that are their only
     reader besides Shape nodes (and per-tensor QuantizeLinear nodes below a Gather that is theirs), in place;
     returns how many moved.
@@ -36,6 +42,10 @@ def sink_dequantize(graph) -> int:
     MatMul it feeds, and onnxruntime fuses that MatMul into MatMulIntegerToFloat: Swin's attention scores
     (queries x keys) run in int8 instead of being dequantized and multiplied in float. A QuantizeLinear below
     a Gather quantizes only the slice taken (the keys, not all of queries, keys and values).
+
+    `into` (op types, e.g. REDUCTIONS): move only the DequantizeLinear nodes whose chain of data-movement ops
+    ends at one of them. Every value stays bit for bit what it was (a per-tensor dequantization commutes exactly
+    with ops that only move values), so a shipped bundle can take it without new validation.
     """
     outputs = {o.name for o in graph.output}
     constants = onnx_graph.constant_tensors(graph)
@@ -48,19 +58,26 @@ def sink_dequantize(graph) -> int:
         for node in nodes:  # the working list, not graph.node: nodes move within it
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
+
+        def only_reader(name: str):
+            # A Shape reader (the exporter's view/reshape arithmetic) reads the same shape before the (de)quantizer.
+            data = [r for r in consumers.get(name, []) if r.op_type != "Shape"]
+            if len(data) != 1 or data[0].input[0] != name or name in data[0].input[1:] or data[0].output[0] in outputs:
+                return None
+            return data[0]
+
         for node in list(nodes):
             if node.op_type not in ("DequantizeLinear", "QuantizeLinear") or node.output[0] in outputs:
                 continue
             if node.input[0] in constants or not _per_tensor(node, constants):
                 continue
-            readers = consumers.get(node.output[0], [])
-            # A Shape reader (the exporter's view/reshape arithmetic) reads the same shape before the (de)quantizer.
-            data = [r for r in readers if r.op_type != "Shape"]
-            if len(data) != 1 or data[0].input[0] != node.output[0] or data[0].output[0] in outputs:
+            reader = only_reader(node.output[0])
+            if into is not None and (node.op_type != "DequantizeLinear" or reader is None
+                                     or not _chain_ends_in(reader, consumers, into)):
                 continue
-            reader = data[0]
+            readers = consumers.get(node.output[0], [])
             movable = _MOVE_OPS if node.op_type == "DequantizeLinear" else {"Gather"}
-            if reader.op_type not in movable or node.output[0] in reader.input[1:]:
+            if reader is None or reader.op_type not in movable:
                 continue
             for shape in readers:
                 if shape.op_type == "Shape":
@@ -78,6 +95,53 @@ def sink_dequantize(graph) -> int:
         del graph.node[:]
         graph.node.extend(nodes)
     return moved
+
+
+def dequantize_at_reductions(graph) -> int:
+    """Move each per-tensor DequantizeLinear of an activation that reaches a reduction (REDUCTIONS) through
+    data-movement ops down to it, giving the chain its own copy of a DequantizeLinear that other ops read too, in
+    place; returns how many moved. Every value stays bit for bit what it was.
+
+    OpenVINO then averages the dequantized float values: with the DequantizeLinear above a Transpose it averages the
+    8-bit ones, and that kernel is wrong past the first image of a batch (REDUCTIONS). `sink_dequantize` moves the
+    unshared ones already; without SmoothQuant the encoder's last LayerNorm is quantized once for the pooled token
+    and the other tokens, so its DequantizeLinear has two readers.
+    """
+    from onnx import NodeProto
+
+    consumers = onnx_graph.consumers(graph)
+    constants = onnx_graph.constant_tensors(graph)
+    nodes = list(graph.node)
+    for node in list(nodes):
+        if node.op_type != "DequantizeLinear" or node.input[0] in constants or not _per_tensor(node, constants):
+            continue
+        data = [r for r in consumers.get(node.output[0], []) if r.op_type != "Shape"]
+        if len(data) < 2:
+            continue
+        for reader in data:
+            if reader.input[0] != node.output[0] or not _chain_ends_in(reader, consumers, REDUCTIONS):
+                continue
+            copy = NodeProto()
+            copy.CopyFrom(node)
+            copy.name = f"{node.name}__for_{reader.name}"
+            copy.output[0] = f"{node.output[0]}__for_{reader.name}"
+            reader.input[0] = copy.output[0]
+            nodes.insert(nodes.index(reader), copy)
+    if len(nodes) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return sink_dequantize(graph, into=REDUCTIONS)
+
+
+def _chain_ends_in(reader, consumers: dict, ops: Collection[str]) -> bool:
+    """Whether `reader`, followed through data-movement ops that are each their input's only reader, is or reaches one
+    of `ops`."""
+    while reader.op_type in _MOVE_OPS:
+        data = [r for r in consumers.get(reader.output[0], []) if r.op_type != "Shape"]
+        if len(data) != 1 or data[0].input[0] != reader.output[0]:
+            return False
+        reader = data[0]
+    return reader.op_type in ops
 
 
 def fold_float_scales(graph) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from ram_edge.bundle import read_bundle
 from ram_edge.cpu import x86_avx2_only
-from ram_edge.errors import BundleError, RuntimeUnavailableError
+from ram_edge.errors import BundleError, RamEdgeWarning, RuntimeUnavailableError
 
 from .base import Runtime, auto_on_off, normalize_compute_precision
 from .heap import release_free_heap
@@ -24,6 +25,9 @@ CPU_CAPABILITY = {"fp32": "FP32", "bf16": "BF16", "fp16": "FP16"}
 _FROM_OV = {"f32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "f16": "fp16", "float16": "fp16"}
 # Whether an INT8 bundle runs on OpenVINO's int8 CPU kernels: auto (unless the CPU has AVX2 only), on, off.
 INT8_KERNELS_ENV = "RAM_EDGE_OV_INT8_KERNELS"
+# How far an image's probabilities may move with the number of images in the call (the fp32 bundles and INT8
+# bundles without an 8-bit reduction move by 0.0 on CPUs).
+BATCH_TOLERANCE = 1e-4
 
 
 def int8_kernels_wanted() -> bool:
@@ -99,6 +103,8 @@ class OpenVINORuntime(Runtime):
                 # use (0.95x of fp32 there) and applies its activation quantizers as float ops; weights stay 8-bit.
                 self._config["LP_TRANSFORMS_MODE"] = False
         self._asked_precision = precision or "device default"
+        #: Whether `run` sends one image per inference because this compiled model answers differently in a batch.
+        self.one_image_per_inference = False
         if not device.startswith("CPU"):
             # GPU/NPU compilation takes tens of seconds; cache the compiled blob per model.
             self._config["CACHE_DIR"] = str(cache_dir or _default_cache_dir())
@@ -123,6 +129,23 @@ class OpenVINORuntime(Runtime):
                     self._compiled = None
                     raise BundleError(f"{self._model_path}: OpenVINO cannot load the model on {self._device} "
                                       f"({_first_line(exc)}); re-export the bundle") from None
+                if self.int8_kernels and _int8_reductions(self._compiled) and self._answers_depend_on_batch():
+                    self.one_image_per_inference = True
+                    warnings.warn(
+                        f"{self._model_path}: OpenVINO computes an average of this INT8 bundle in int8, and that "
+                        f"kernel is wrong past the first image of a batch, so the images of a call run one at a time "
+                        f"(same answers, less throughput). Re-export the bundle with this version of ram-edge "
+                        f"(`ram-edge export`), whose graph keeps that average in float", RamEdgeWarning, stacklevel=4)
+
+    def _answers_depend_on_batch(self) -> bool:
+        """Whether the compiled model gives an image other probabilities beside a copy of itself than alone."""
+        # Two copies of one image catch a kernel that treats the images after the first differently (OpenVINO
+        # 2026.4's int8 mean over a middle axis returns 0 there: 0.018-0.022 in probability on the default model).
+        size = int(self.bundle.preprocess.image_size)
+        image = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+        alone = self._request.infer({self.bundle.input_name: image})[self._output].copy()
+        pair = self._request.infer({self.bundle.input_name: np.concatenate([image, image])})[self._output]
+        return float(np.abs(pair - alone).max()) > BATCH_TOLERANCE
 
     @property
     def device(self) -> str:
@@ -131,7 +154,20 @@ class OpenVINORuntime(Runtime):
 
     @property
     def compute_precision(self) -> str:
-        """The compiled model's INFERENCE_PRECISION_HINT (compiles on first call), as fp32 / bf16 / fp16."""
+        """What the products compute in (compiles on first call): int8 for an INT8 bundle on OpenVINO's int8 CPU
+        kernels, as onnxruntime reports it, otherwise the inference precision (fp32 / bf16 / fp16)."""
+        # Not the manifest's compute_precision: an OpenVINO INT8 bundle records the fp32 it was validated in.
+        weights_only = (self.bundle.manifest.get("quantization") or {}).get("method") == "weights"
+        if self.bundle.precision == "int8" and not weights_only and self.int8_kernels:
+            if self._compiled is None:
+                self._compile()
+            return "int8"
+        return self.inference_precision
+
+    @property
+    def inference_precision(self) -> str:
+        """The compiled model's INFERENCE_PRECISION_HINT (compiles on first call), as fp32 / bf16 / fp16: what the
+        float layers compute in, the layers around the int8 products of an INT8 bundle among them."""
         if self._compiled is None:
             self._compile()
         try:
@@ -161,12 +197,26 @@ class OpenVINORuntime(Runtime):
         if self._compiled is None:
             self._compile()
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.one_image_per_inference and len(batch) > 1:
+            return np.concatenate([self._infer(batch[i:i + 1]) for i in range(len(batch))])
+        return self._infer(batch)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         try:
             result = self._request.infer({self.bundle.input_name: batch})
         except Exception as exc:
             raise RuntimeUnavailableError(f"OpenVINO failed on a batch of shape {batch.shape} with {self.bundle.path} "
                                           f"({_first_line(exc)})") from None
         return np.array(result[self._output], dtype=np.float32, copy=True)
+
+
+def _int8_reductions(compiled) -> bool:
+    """Whether a compiled CPU model computes a reduction (a mean, sum or max) on 8-bit values."""
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if str(info["layerType"].astype(str)) == "Reduce" and str(info["runtimePrecision"].astype(str)) in ("u8", "i8"):
+            return True
+    return False
 
 
 def _first_line(exc: BaseException) -> str:
