@@ -92,6 +92,26 @@ class _Graph:
         return name
 
 
+# Operations that move or select quantized values without changing them: a DequantizeLinear behind them still reads
+# the codes of the QuantizeLinear before them (and must use its scale and zero point).
+_VALUE_PRESERVING = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Slice", "Gather", "Split",
+                     "Expand", "Tile", "MaxPool", "Pad"}
+
+
+def _source_quantize(graph: _Graph, name: str):
+    """The QuantizeLinear whose codes reach tensor `name` through value-preserving operations, or None."""
+    for _ in range(64):
+        node = graph.producer.get(name)
+        if node is None:
+            return None
+        if node.op_type == "QuantizeLinear":
+            return node
+        if node.op_type not in _VALUE_PRESERVING:
+            return None
+        name = node.input[0]
+    return None
+
+
 def _zero_point(graph: _Graph, node) -> tuple[int, np.ndarray | None]:
     """(element type, value) of a Q/DQ node's zero point; an absent one is uint8 0 (the ONNX default)."""
     if len(node.input) < 3 or not node.input[2]:
@@ -187,8 +207,16 @@ def to_symmetric_int8(model) -> tuple[Any, QdqReport]:
             done.add(target.output[0])
         report.activation_quantizers += 1
         report.scale_growth.extend((new_scale / np.maximum(scale, 1e-30)).astype(float).ravel().tolist())
+    rewritten = {n.output[0]: (n.input[1], n.input[2]) for n in graph.graph.node
+                 if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2].endswith("_trt_zero_point")}
     for node in list(graph.graph.node):
         if node.op_type != "DequantizeLinear" or node.output[0] in done:
+            continue
+        source = _source_quantize(graph, node.input[0])
+        if source is not None and source.output[0] in rewritten:  # Q -> Transpose/Reshape/... -> DQ
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[1], node.input[2] = rewritten[source.output[0]]
             continue
         kind, zp = _zero_point(graph, node)
         if kind == _INT8 and zp is not None and not np.any(zp != 0):

@@ -836,3 +836,25 @@ def test_readme_gpu_steps_in_a_fresh_venv_stop_only_at_tensorrt(tmp_path):
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
                            capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "True"  # the venv really has no torch
+
+
+def test_symmetric_conversion_follows_codes_through_a_transpose():
+    """Q -> Transpose -> DQ (the INT8 export moves a dequantize down to the reduction it feeds): the DQ gets the
+    converted quantizer's scale and zero point too."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ram_edge.export.tensorrt_qdq import to_symmetric_int8, violations
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+             helper.make_node("Transpose", ["xq"], ["xt"], name="t", perm=[1, 0]),
+             helper.make_node("DequantizeLinear", ["xt", "s", "zp"], ["y"], name="dq")]
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), helper.make_tensor("zp", TensorProto.UINT8, [], [60])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([[-1.2, 0.0, 0.5], [1.9, -0.3, 3.8]], np.float32)
+    converted, report = to_symmetric_int8(model)
+    assert violations(converted) == [] and report.activation_quantizers == 1 and report.weight_tensors == 0
+    y = ort.InferenceSession(converted.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x.T, atol=(195 * 0.02) / 127 / 2 + 1e-6)  # within half a step of the new scale
