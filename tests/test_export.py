@@ -271,3 +271,19 @@ def test_ram_plus_bundles_hold_the_description_embeddings_once(bundles, converte
     assert len(copies) == 1, copies
     assert (bundles["ram_plus_tiny", "onnx", "fp32"] / "model.onnx").stat().st_size < 1.5 * 4 * size + 4 * sum(
         numpy_helper.to_array(i).size for i in model.graph.initializer if i.name not in copies)
+
+
+def test_the_export_pipeline_is_a_library_call(tmp_path):
+    """What `ram-edge export` decides, a Python caller gets from ram_edge.export.export (and its refusals)."""
+    from ram_edge.default_model import default_model_path
+    from ram_edge.errors import ExportError
+    from ram_edge.export import export
+
+    manifest = export(default_model_path("checkpoint"), tmp_path / "subset", tags=["cat", "dog"])
+    assert manifest["model_format"] == "onnx" and sorted(manifest["labels"]["tags"]) == ["cat", "dog"]
+    for kwargs, needle in (({"format": "tflite"}, "unknown export format"), ({"vocab": "v.txt"}, "go together"),
+                           ({"calib": "photos/"}, "--calib is for --precision int8"),
+                           ({"precision": "int8", "calib": "photos/", "tags": ["cat"]}, "quantizes the whole model")):
+        with pytest.raises(ExportError, match=needle):
+            export(default_model_path("checkpoint"), tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()
