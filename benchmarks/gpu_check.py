@@ -1,6 +1,6 @@
 """GPU check of the TensorRT path, one command on one NVIDIA GPU with TensorRT installed:
 
-    python -m ram_edge.benchmarks.gpu_check --workdir /tmp/gpu-check [--report benchmarks/gpu_check.md]
+    python -m ram_edge.benchmarks.gpu_check --workdir /tmp/gpu-check [--report bench-reports/gpu_check.md]
 
 1. The shipped default model: fp16 engine from its fp32 ONNX bundle, INT8 engine from its QAT INT8
    ONNX bundle; mAP and tag-set agreement on its rendered test split against onnxruntime on the CPU.
@@ -36,6 +36,7 @@ from ram_edge.fileio import atomic_file
 from . import harness
 from .harness import CliFailed, git_commit, map_on_tag_names, markdown_table, run_cli, step_error
 
+# Only a source checkout has one: its commit goes into the report.
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"int8_speedup_b8": 3.0, "default_map_drop": 0.5}
 BATCHES = (1, 8)
@@ -130,9 +131,10 @@ def check_default_model(work: Path, test_count: int) -> list[dict[str, Any]]:
     bundle = read_bundle(fp32)
     split = _test_split(work, test_count, bundle.preprocess)
     if split is None:
+        from ram_edge.default_model import PACKAGE_DIR
         from ram_edge.preprocess import load_image, preprocess
 
-        files = sorted((REPO / "ram_edge" / "assets" / "default_model" / "examples").glob("*.png"))
+        files = sorted((PACKAGE_DIR / "examples").glob("*.png"))
         images, truth = np.stack([preprocess(load_image(f), bundle.preprocess) for f in files]), None
     else:
         images, truth = split
@@ -189,7 +191,7 @@ def check_full_size(work: Path, calib_size: int) -> tuple[list[dict[str, Any]], 
     from ram_edge.export.validate import validation_inputs
     from ram_edge.labels import tag_set_f1
 
-    from .full_size import build_checkpoint
+    from .random_weights import build_checkpoint
 
     root = work / "full_size"
     root.mkdir(parents=True, exist_ok=True)
@@ -374,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the check and write the report; 1 when a step failed, else 0."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="Where bundles, engines and the test split go (reused on rerun).")
-    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "gpu_check.md")
+    parser.add_argument("--report", type=Path, default=Path("bench-reports") / "gpu_check.md",
+                        help="Markdown report to write; the JSON goes beside it [bench-reports/gpu_check.md].")
     parser.add_argument("--test-count", type=int, default=500, help="Rendered test scenes for the default model's mAP.")
     parser.add_argument("--calib-size", type=int, default=8, help="Synthetic calibration images for the full-size PTQ.")
     parser.add_argument("--iters", type=int, default=50, help="Timed runs per latency row.")

@@ -1,6 +1,6 @@
 """GPU check without TensorRT: what one NVIDIA GPU with PyTorch (CUDA) and cuda-python or pycuda can check.
 
-    python -m ram_edge.benchmarks.gpu_torch_check --report benchmarks/gpu_torch_check.md [--no-full-size]
+    python -m ram_edge.benchmarks.gpu_torch_check [--report bench-reports/gpu_torch_check.md] [--no-full-size]
 
 1. The `torch` runtime (the reference model in fp32, as `ram-edge tag --runtime torch --device cuda` runs it) and the
    same model in fp16 (`model.half()` on the GPU: the torch runtime itself computes in fp32 only) against the torch
@@ -43,8 +43,8 @@ from ram_edge.fileio import atomic_file
 from . import harness
 from .harness import git_commit, markdown_table, step_error
 
+# Only a source checkout has one: its commit goes into the report.
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "ram_edge" / "assets" / "default_model" / "examples"
 COMMAND = "python -m ram_edge.benchmarks.gpu_torch_check"
 BATCHES = (1, 8)
 DEFAULT = "default"
@@ -336,14 +336,15 @@ def check_model(model: str, checkpoint: Path, inputs: np.ndarray, device: str, i
 def default_model_inputs(count: int) -> tuple[Path, np.ndarray]:
     """The shipped default checkpoint and `count` of its preprocessed example images (cycled)."""
     from ram_edge.checkpoint_dir import read_checkpoint_dir
-    from ram_edge.default_model import default_model_path
+    from ram_edge.default_model import PACKAGE_DIR, default_model_path
     from ram_edge.preprocess import load_image, preprocess
 
     checkpoint = default_model_path("checkpoint")
     config = read_checkpoint_dir(checkpoint).config.preprocess
-    files = sorted(EXAMPLES.glob("*.png"))
+    examples = PACKAGE_DIR / "examples"
+    files = sorted(examples.glob("*.png"))
     if not files:
-        raise FileNotFoundError(f"no example images in {EXAMPLES}; reinstall ram-edge (the default model ships them)")
+        raise FileNotFoundError(f"no example images in {examples}; reinstall ram-edge (the default model ships them)")
     images = np.stack([preprocess(load_image(f), config) for f in files]).astype(np.float32)
     return checkpoint, batch_of(images, count)
 
@@ -353,7 +354,7 @@ def full_size_inputs(workdir: Path, count: int) -> tuple[Path, np.ndarray]:
     from ram_edge.checkpoint_dir import read_checkpoint_dir
     from ram_edge.export.validate import validation_inputs
 
-    from .full_size import build_checkpoint
+    from .random_weights import build_checkpoint
 
     _log("full-size Swin-L/384 RAM checkpoint (random weights)")
     checkpoint = build_checkpoint(workdir / "full_size")
@@ -794,8 +795,8 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "gpu_torch_check.md",
-                        help="Markdown report to write; the JSON goes beside it [benchmarks/gpu_torch_check.md].")
+    parser.add_argument("--report", type=Path, default=Path("bench-reports") / "gpu_torch_check.md",
+                        help="Markdown report to write; the JSON goes beside it [bench-reports/gpu_torch_check.md].")
     parser.add_argument("--device", type=device_arg, default="cuda", help="Torch device under test: cuda, cuda:N or cpu [cuda].")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="Where the full-size checkpoint and the training run go (reused on rerun) [a new temporary folder].")

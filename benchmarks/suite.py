@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,47 @@ PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 # on an fp32 IR (refused, as a row with its error, on CPUs without BF16); TensorRT builds fp16 and int8.
 VALID = {("torch", "fp32"), ("ort", "fp32"), ("ort", "fp16"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "fp16"),
          ("openvino", "int8"), ("openvino", "bf16"), ("trt", "fp16"), ("trt", "int8")}
-TARGETS = {"roofline_pct": 85.0, "subset_of_bound": 0.90, "int8_size": 0.30, "int8_memory": 0.60, "cold_start_s": 1.0,
-           "int8_speed_vnni": 2.5, "int8_speed_ort": 1.2, "int8_speed_openvino": 1.0}
+# The suites shipped with ram-edge, by name (`ram-edge bench --suite default_model`).
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+
+
+@dataclass
+class SuiteTargets:
+    """Pass/miss thresholds of a suite (its `targets:` section); a threshold left out is not checked.
+
+    roofline_pct: fp32 on the best CPU runtime reaches this % of the matmul roofline. subset_of_bound: a tag subset
+    gains this share of the speed-up its MAC counts allow. int8_size, int8_memory: INT8 model files and peak memory
+    at most this share of fp32's. int8_speed_vnni / int8_speed_ort / int8_speed_openvino: INT8 at least this many
+    times as fast as fp32 on a CPU with VNNI / without VNNI on onnxruntime / without VNNI on OpenVINO.
+    cold_start_s: process start to the first tags of `ram-edge tag`, in seconds. not_judged: thresholds whose
+    rows are shown with their measured value but no verdict, labelled with not_judged_note.
+    """
+
+    roofline_pct: float | None = None
+    subset_of_bound: float | None = None
+    int8_size: float | None = None
+    int8_memory: float | None = None
+    int8_speed_vnni: float | None = None
+    int8_speed_ort: float | None = None
+    int8_speed_openvino: float | None = None
+    cold_start_s: float | None = None
+    not_judged: list = field(default_factory=list)
+    not_judged_note: str = "not judged here"
+
+    def __post_init__(self) -> None:
+        thresholds = [f.name for f in fields(self) if f.name not in ("not_judged", "not_judged_note")]
+        for name in thresholds:
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise ConfigError(f"suite targets: {name} must be a positive number, got {value!r}")
+                setattr(self, name, float(value))
+        if not isinstance(self.not_judged, list):
+            raise ConfigError(f"suite targets: not_judged must be a list of target names, got {self.not_judged!r}; "
+                              f"e.g. [{thresholds[0]}]")
+        unknown = [n for n in self.not_judged if n not in thresholds]
+        if unknown:
+            raise ConfigError(f"suite targets: not_judged names unknown target(s) {unknown}; valid: {', '.join(thresholds)}")
 
 
 @dataclass
@@ -50,8 +89,11 @@ class SuiteModel:
     tags: list = field(default_factory=lambda: ["all"])
     accuracy: bool = True
     test_count: int = 500  # rendered test scenes for the default model's mAP
+    targets: Any = None  # this model's own targets instead of the suite's (a mapping like the suite's `targets:`)
 
     def __post_init__(self) -> None:
+        if self.targets is not None and not isinstance(self.targets, SuiteTargets):
+            self.targets = _from_mapping(SuiteTargets, self.targets, f"suite model {self.name} targets")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(self.name)):
             raise ConfigError(f"suite model name {self.name!r}: use letters, digits, '.', '_' or '-'")
         for t in self.tags:
@@ -61,7 +103,7 @@ class SuiteModel:
 
 @dataclass
 class SuiteConfig:
-    """A benchmark suite (benchmarks/suites/*.yaml)."""
+    """A benchmark suite (a YAML file such as those in benchmarks/suites/)."""
 
     name: str
     models: list
@@ -75,8 +117,11 @@ class SuiteConfig:
     cold_start: bool = True
     roofline: bool = True
     calib_size: int = 32
+    targets: Any = None  # SuiteTargets; none: the report judges nothing
 
     def __post_init__(self) -> None:
+        if not isinstance(self.targets, SuiteTargets):
+            self.targets = _from_mapping(SuiteTargets, {} if self.targets is None else self.targets, "suite targets")
         self.models = [m if isinstance(m, SuiteModel) else _from_mapping(SuiteModel, m, "suite model") for m in self.models]
         if not self.models:
             raise ConfigError("suite: give at least one model")
@@ -97,6 +142,18 @@ class SuiteConfig:
         from ram_edge.config import read_mapping_file
 
         return _from_mapping(cls, read_mapping_file(path, ConfigError, "benchmark suite"), f"suite {path}")
+
+
+def suite_path(text: str) -> Path:
+    """The suite file `text` names: a file, or the name of a suite shipped with ram-edge."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    shipped = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    if text in shipped:
+        return SUITES_DIR / f"{text}.yaml"
+    raise ConfigError(f"suite {text!r}: no such file and no shipped suite of that name; give a suite file or one of: "
+                      f"{', '.join(shipped)}")
 
 
 def _from_mapping(cls, data: Any, where: str):
@@ -176,7 +233,7 @@ class Suite:
 
             path = default_model_path("checkpoint")
         elif model.source.startswith("preset:"):
-            from .full_size import build_checkpoint
+            from .random_weights import build_checkpoint
 
             root = self.workdir / model.name
             root.mkdir(parents=True, exist_ok=True)
@@ -255,7 +312,7 @@ class Suite:
     def mac_counts(self, model: SuiteModel) -> dict[str, float]:
         """Multiply-accumulates per image: encoder, and decoder at each tag count of the suite."""
         if model.name not in self.macs:
-            from .full_size import count_macs
+            from .random_weights import count_macs
 
             ckpt = self.checkpoint(model)
             total = len((ckpt / "tags.txt").read_text(encoding="utf-8").splitlines())
@@ -451,22 +508,34 @@ def _find(rows, **match) -> dict[str, Any] | None:
     return None
 
 
+def _targets_for(result: dict[str, Any], model: str) -> dict[str, Any]:
+    """The targets a model's rows are judged by: its own, else the suite's."""
+    suite = result["suite"]
+    own = next((m.get("targets") for m in suite["models"] if m["name"] == model), None)
+    return own or suite.get("targets") or {}
+
+
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured value and pass/miss (only those the suite's cells can judge)."""
+    """The suite's targets, each with the measured value and pass/miss (only those the suite's cells can judge)."""
     rows, out = result["rows"], []
     vnni = bool(result["cpu"].get("vnni"))
     for model in {r["model"] for r in rows}:
+        goal = _targets_for(result, model)
+        unjudged = set(goal.get("not_judged") or [])
+        aside = f" ({goal.get('not_judged_note') or 'not judged here'})"
         mine = [r for r in rows if r["model"] == model]
         fp32 = [r for r in mine if r["precision"] == "fp32" and r["tags"] == "all" and r.get("pct_of_roofline") is not None
                 and r["runtime"] != "trt"]
-        if fp32:
+        if fp32 and goal.get("roofline_pct") is not None:
             best = max(fp32, key=lambda r: r["pct_of_roofline"])
-            out.append({"model": model, "target": f"fp32 on the best CPU runtime >= {TARGETS['roofline_pct']:.0f}% of the matmul roofline",
+            ok = best["pct_of_roofline"] >= goal["roofline_pct"]
+            out.append({"model": model, "target": f"fp32 on the best CPU runtime >= {goal['roofline_pct']:.0f}% of the matmul roofline"
+                                                  + (aside if "roofline_pct" in unjudged else ""),
                         "value": f"{best['runtime']} batch {best['batch']}: {best['pct_of_roofline']:.0f}%",
-                        "pass": best["pct_of_roofline"] >= TARGETS["roofline_pct"]})
+                        "pass": None if "roofline_pct" in unjudged else ok})
         macs = result["macs"].get(model)
         for row in mine:
-            if row["tags"] == "all" or row.get("ms_per_image") is None or not macs:
+            if goal.get("subset_of_bound") is None or row["tags"] == "all" or row.get("ms_per_image") is None or not macs:
                 continue
             full = _find(mine, runtime=row["runtime"], precision=row["precision"], batch=row["batch"], tags="all")
             if full is None:
@@ -474,9 +543,12 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             n = int(row["tags"])
             bound = (macs["encoder"] + macs["decoder_all"]) / (macs["encoder"] + macs[f"decoder_{n}"])
             gained = full["ms_per_image"] / row["ms_per_image"]
-            out.append({"model": model, "target": f"{n}-tag subset >= {TARGETS['subset_of_bound']:.0%} of the MAC bound "
-                                                  f"({row['runtime']} {row['precision']} batch {row['batch']})",
-                        "value": f"{gained:.2f}x of {bound:.2f}x ({gained / bound:.0%})", "pass": gained >= TARGETS["subset_of_bound"] * bound})
+            ok = gained >= goal["subset_of_bound"] * bound
+            out.append({"model": model, "target": f"{n}-tag subset >= {goal['subset_of_bound']:.0%} of the MAC bound "
+                                                  f"({row['runtime']} {row['precision']} batch {row['batch']})"
+                                                  + (aside if "subset_of_bound" in unjudged else ""),
+                        "value": f"{gained:.2f}x of {bound:.2f}x ({gained / bound:.0%})",
+                        "pass": None if "subset_of_bound" in unjudged else ok})
         for row in mine:
             if row["precision"] != "int8" or row.get("ms_per_image") is None or row["tags"] != "all":
                 continue
@@ -484,29 +556,30 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             if base is None:
                 continue
             speed = base["ms_per_image"] / row["ms_per_image"]
-            need = TARGETS["int8_speed_vnni"] if vnni else TARGETS["int8_speed_ort" if row["runtime"] == "ort" else "int8_speed_openvino"]
-            # The INT8 issue sets these for full-size models. The shipped default model (7.6 MB, milliseconds per
-            # image) is dominated by its float parts and the runtimes' fixed costs: its rows are shown, not judged.
-            judged = not _is_default(result, model)
-            label = f"{row['runtime']} INT8 batch {row['batch']}" + ("" if judged else " (full-size target; not judged here)")
-            checks = [(f"files <= {TARGETS['int8_size']:.0%} of fp32", f"{row['size_mb'] / base['size_mb']:.0%}",
-                       row["size_mb"] <= TARGETS["int8_size"] * base["size_mb"]),
-                      (f"peak memory <= {TARGETS['int8_memory']:.0%} of fp32", f"{row['peak_rss_mb'] / base['peak_rss_mb']:.0%}",
-                       row["peak_rss_mb"] <= TARGETS["int8_memory"] * base["peak_rss_mb"]),
-                      (f">= {need}x fp32 ({'VNNI' if vnni else 'no VNNI'})", f"{speed:.2f}x", speed >= need)]
-            out += [{"model": model, "target": f"{label}: {target}", "value": value, "pass": ok if judged else None}
-                    for target, value, ok in checks]
+            speed_key = "int8_speed_vnni" if vnni else ("int8_speed_ort" if row["runtime"] == "ort" else "int8_speed_openvino")
+            checks = []
+            if goal.get("int8_size") is not None:
+                checks.append(("int8_size", f"files <= {goal['int8_size']:.0%} of fp32", f"{row['size_mb'] / base['size_mb']:.0%}",
+                               row["size_mb"] <= goal["int8_size"] * base["size_mb"]))
+            if goal.get("int8_memory") is not None:
+                checks.append(("int8_memory", f"peak memory <= {goal['int8_memory']:.0%} of fp32",
+                               f"{row['peak_rss_mb'] / base['peak_rss_mb']:.0%}",
+                               row["peak_rss_mb"] <= goal["int8_memory"] * base["peak_rss_mb"]))
+            if goal.get(speed_key) is not None:
+                checks.append((speed_key, f">= {goal[speed_key]}x fp32 ({'VNNI' if vnni else 'no VNNI'})", f"{speed:.2f}x",
+                               speed >= goal[speed_key]))
+            label = f"{row['runtime']} INT8 batch {row['batch']}"
+            out += [{"model": model, "target": f"{label}{aside if key in unjudged else ''}: {target}", "value": value,
+                     "pass": None if key in unjudged else ok} for key, target, value, ok in checks]
         colds = [r for r in mine if r.get("cold_start_s")]
-        if colds and any(r["model"] == model for r in rows) and _is_default(result, model):
+        if colds and goal.get("cold_start_s") is not None:
             best = min(colds, key=lambda r: r["cold_start_s"])
-            out.append({"model": model, "target": f"cold start to the first tags < {TARGETS['cold_start_s']:.0f} s",
+            ok = best["cold_start_s"] < goal["cold_start_s"]
+            out.append({"model": model, "target": f"cold start to the first tags < {goal['cold_start_s']:.0f} s"
+                                                  + (aside if "cold_start_s" in unjudged else ""),
                         "value": f"{best['cold_start_s']:.2f} s ({best['runtime']} {best['precision']})",
-                        "pass": best["cold_start_s"] < TARGETS["cold_start_s"]})
+                        "pass": None if "cold_start_s" in unjudged else ok})
     return out
-
-
-def _is_default(result: dict[str, Any], model: str) -> bool:
-    return any(m["name"] == model and m["source"] == "default" for m in result["suite"]["models"])
 
 
 def machine_name(cpu: dict[str, Any]) -> str:

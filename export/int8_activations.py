@@ -24,7 +24,7 @@ from . import onnx_graph
 _MOVE_OPS = frozenset({"Gather", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 # Averages and sums. OpenVINO's CPU plugin (2026.4) computes one of these on the 8-bit tensor when a DequantizeLinear
 # reaches it through a Transpose (Swin's pooled token: DQ -> Transpose -> GlobalAveragePool), and its int8 mean / sum
-# over a middle axis is 0 past the first image of a batch (benchmarks/openvino_int8_batch.md): dequantize_at_reductions.
+# over a middle axis is 0 past the first image of a batch (benchmarks/results/openvino_int8_batch/openvino_int8_batch.md): dequantize_at_reductions.
 REDUCTIONS = frozenset({"GlobalAveragePool", "ReduceMean", "ReduceSum"})
 
 

@@ -64,7 +64,7 @@ class QuantizeConfig:
     ignored_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORED_PATTERNS))
     ignored_types: list[str] = field(default_factory=list)
     fast_bias_correction: bool = True
-    # NNCF's advanced PTQ choices that matter for Swin, as data (benchmarks/smooth_quant.md measures them):
+    # NNCF's advanced PTQ choices that matter for Swin, as data (benchmarks/results/smooth_quant/smooth_quant.md measures them):
     # SmoothQuant migrates activation outliers into the MatMul weights (alpha: how much; NNCF's default 0.95);
     # bias correction re-fits biases to the quantized outputs; the preset picks the activation quantizers:
     # "mixed" (asymmetric uint8, NNCF's transformer default) or "performance" (symmetric: what TensorRT takes as is).

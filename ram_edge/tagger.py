@@ -106,7 +106,7 @@ class Tagger:
         encoder and decoder cost the same per image at batch 1 to 8, benchmarks/batching_swin_b384.md; onnxruntime
         and OpenVINO were 5-15% slower per image at 8, benchmarks/full_size_swin_l384.md) while peak memory grows
         about 2.8x, so batch 1. Small models (the default model, 160 px) gain 10-25% per image at batch 8 on the
-        same CPU (benchmarks/reports/), and accelerators need batches to fill their units.
+        same CPU (benchmarks/results/suites/), and accelerators need batches to fill their units.
         """
         device = str(getattr(self.runtime, "device", "cpu")).strip().lower()
         if device.startswith("cpu") and int(self.info.preprocess.image_size) >= 384:

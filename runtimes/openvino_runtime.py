@@ -35,7 +35,7 @@ def int8_kernels_wanted() -> bool:
     (the default): everywhere but on x86 CPUs known to have AVX2 only (no VNNI, AMX or AVX-512)."""
     # Off only where they were measured slow: AVX2 (Zen 3). With oneDNN capped at AVX-512 without VNNI (Skylake-SP)
     # they ran Swin-B at 1.82x of fp32 but lost tag agreement (0.976 against 0.987,
-    # benchmarks/emulated_cpus_avx512_core.md): kept there for the speed; off is the exact choice.
+    # benchmarks/results/emulated_cpus/emulated_cpus_avx512_core.md): kept there for the speed; off is the exact choice.
     return auto_on_off(INT8_KERNELS_ENV, lambda: not x86_avx2_only(),
                        "int8 kernels unless the CPU has AVX2 only, without VNNI, AMX or AVX-512")
 

@@ -130,7 +130,7 @@ class OrtRuntime(Runtime):
         if self.int8_u8u8:
             # Without VNNI, onnxruntime's U8S8 kernels multiply-add pairs of u8 x s8 products into 16 bits
             # (vpmaddubsw), which saturates: on an emulated Zen 3 the default model's tag-set agreement with fp32
-            # fell from 0.987 (a VNNI CPU's exact int32 products) to 0.971 on 60 scenes (benchmarks/emulated_cpus.md).
+            # fell from 0.987 (a VNNI CPU's exact int32 products) to 0.971 on 60 scenes (benchmarks/results/emulated_cpus/emulated_cpus.md).
             # The U8U8 kernels (weights shifted to uint8 at load, pairs summed in 32 bits) gave the VNNI CPU's tags.
             options.add_session_config_entry("session.x64quantprecision", "1")
             options.log_severity_level = 4  # an old bundle's refusal below is handled, not an error to print

@@ -3,7 +3,7 @@
 OpenVINO's CPU plugin (2026.4 here) averages the pooled token of an INT8 graph on its 8-bit values when the
 DequantizeLinear sits above the Transpose before the GlobalAveragePool, and that kernel returns 0 for every image
 after the first of a batch: the shipped bundle moved by 0.01-0.03 at batch 8 until its graph was rewritten
-(benchmarks/openvino_int8_batch.md). Exports now move that DequantizeLinear down to the average, and the runtime
+(benchmarks/results/openvino_int8_batch/openvino_int8_batch.md). Exports now move that DequantizeLinear down to the average, and the runtime
 catches the kernel in older bundles.
 """
 

@@ -177,7 +177,10 @@ def test_fp16_initializer_read_by_kept_and_converted_ops(tmp_path):
 
 def test_mac_counts_cover_ram_plus_description_mixing(converted_golden):
     """RAM++ queries depend on the image: the decoder's MACs at n tags include mixing n tags' descriptions."""
-    from ram_edge.benchmarks.full_size import count_macs, torch_decoder_times
+    from experiment_scripts import load
+    from ram_edge.benchmarks.random_weights import count_macs
+
+    torch_decoder_times = load("full_size").torch_decoder_times
 
     for name, ckpt in converted_golden.items():
         total = len((ckpt / "tags.txt").read_text(encoding="utf-8").splitlines())
@@ -188,7 +191,11 @@ def test_mac_counts_cover_ram_plus_description_mixing(converted_golden):
 
 
 def test_int8_targets_are_judged_on_full_size_models_and_shown_unjudged_for_the_default_model():
-    from ram_edge.benchmarks.suite import targets
+    from dataclasses import asdict
+
+    from ram_edge.benchmarks.suite import SuiteConfig, suite_path, targets
+
+    shipped = {name: asdict(SuiteConfig.load(suite_path(name)).targets) for name in ("default_model", "full_size_swin_l384")}
 
     def row(model, precision, ms, size, rss):
         return {"model": model, "runtime": "ort", "precision": precision, "batch": 1, "tags": "all", "ms_per_image": ms,
@@ -198,11 +205,48 @@ def test_int8_targets_are_judged_on_full_size_models_and_shown_unjudged_for_the_
     for model in ("default", "ram-swin-l384"):
         rows += [row(model, "fp32", 100.0, 100.0, 1000.0), row(model, "int8", 50.0, 25.0, 500.0)]
     result = {"rows": rows, "cpu": {"vnni": True}, "macs": {},
-              "suite": {"models": [{"name": "default", "source": "default"},
-                                   {"name": "ram-swin-l384", "source": "preset:ram_swin_large_384"}]}}
+              "suite": {"models": [{"name": "default", "source": "default", "targets": shipped["default_model"]},
+                                   {"name": "ram-swin-l384", "source": "preset:ram_swin_large_384",
+                                    "targets": shipped["full_size_swin_l384"]}]}}
     int8 = [t for t in targets(result) if "INT8" in t["target"]]
     full = {t["target"].split(": ", 1)[1]: t for t in int8 if t["model"] == "ram-swin-l384"}
     assert full["files <= 30% of fp32"]["pass"] is True and full["peak memory <= 60% of fp32"]["pass"] is True
     assert full[">= 2.5x fp32 (VNNI)"]["pass"] is False and full[">= 2.5x fp32 (VNNI)"]["value"] == "2.00x"
     shown = [t for t in int8 if t["model"] == "default"]
     assert len(shown) == 3 and all(t["pass"] is None and "not judged" in t["target"] for t in shown)
+
+
+def test_targets_are_the_suite_files_data():
+    """The thresholds come from a suite's `targets:` section (a model's own section replaces the suite's); a suite
+    without one judges nothing, and the shipped suites are found by name."""
+    from ram_edge.benchmarks.suite import SUITES_DIR, SuiteConfig, suite_path, targets
+    from ram_edge.errors import ConfigError
+
+    default = SuiteConfig.load(suite_path("default_model"))
+    assert suite_path("default_model") == SUITES_DIR / "default_model.yaml"
+    assert default.targets.cold_start_s == 1.0 and default.targets.roofline_pct == 85.0
+    assert "int8_size" in default.targets.not_judged
+    for path in SUITES_DIR.glob("*.yaml"):
+        assert SuiteConfig.load(path).targets.roofline_pct is not None, path
+    with pytest.raises(ConfigError, match="no shipped suite of that name; give a suite file or one of: default_model"):
+        suite_path("default-model")
+    result = CliRunner().invoke(cli, ["bench", "--suite", "default-model"])
+    assert result.exit_code == 2 and "suite 'default-model': no such file" in result.stderr
+
+    rows = [{"model": "m", "runtime": "ort", "precision": p, "batch": 1, "tags": "all", "ms_per_image": ms, "size_mb": 10.0,
+             "peak_rss_mb": 100.0, "cold_start_s": 0.5} for p, ms in (("fp32", 10.0), ("int8", 5.0))]
+    result = {"rows": rows, "cpu": {"vnni": False}, "macs": {}, "suite": {"models": [{"name": "m", "source": "default"}]}}
+    assert targets(result) == []
+    result["suite"]["targets"] = {"cold_start_s": 1.0, "int8_speed_ort": 3.0, "not_judged": ["int8_speed_ort"]}
+    assert [(t["target"], t["value"], t["pass"]) for t in targets(result)] == [
+        ("ort INT8 batch 1 (not judged here): >= 3.0x fp32 (no VNNI)", "2.00x", None),
+        ("cold start to the first tags < 1 s", "0.50 s (ort fp32)", True)]
+    result["suite"]["models"][0]["targets"] = {"int8_speed_ort": 1.5}
+    assert [(t["target"], t["pass"]) for t in targets(result)] == [("ort INT8 batch 1: >= 1.5x fp32 (no VNNI)", True)]
+
+    for bad, needle in (({"int8_size": -1}, "int8_size must be a positive number"),
+                        ({"not_judged": ["speed"]}, "not_judged names unknown target"),
+                        ({"not_judged": "int8_size"}, "not_judged must be a list"),
+                        ({"cold_start": 1}, "unknown field")):
+        with pytest.raises(ConfigError, match=needle):
+            SuiteConfig(name="x", models=[{"name": "m", "source": "default"}], targets=bad)

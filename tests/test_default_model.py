@@ -50,7 +50,7 @@ def test_default_model_finds_the_true_tags_of_the_examples():
         predicted += len(got)
     # The examples were rendered by the generator with known labels (examples.json). The bars sit
     # under the shipped model's macro recall and precision on the 2000-scene test split (79 / 86 at the
-    # shipped thresholds, benchmarks/default_model.md): a sanity check, not the accuracy target.
+    # shipped thresholds, recipes/default_model/default_model.md): a sanity check, not the accuracy target.
     assert found / true_total >= 0.7, lines
     assert found / max(predicted, 1) >= 0.5, lines
 
@@ -85,7 +85,8 @@ def test_default_bundle_is_the_qat_int8_one_and_agrees_with_fp32():
 
     int8, fp32 = default_model_path(), default_model_path("bundle_fp32")
     manifest = json.loads((int8 / "manifest.json").read_text())
-    # Shipped by recipes/default_model/build.py quantize once QAT met its targets (benchmarks/int8_default_model.md).
+    # Shipped by recipes/default_model/build.py quantize once QAT met its targets
+    # (recipes/default_model/int8_default_model.md).
     assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "qat"
     assert json.loads((fp32 / "manifest.json").read_text())["precision"] == "fp32"
     assert (int8 / "model.onnx").stat().st_size < 0.4 * (fp32 / "model.onnx").stat().st_size

@@ -12,8 +12,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from ram_edge.benchmarks import emulated_cpus as emu
+from experiment_scripts import load
 from ram_edge.default_model import default_model_path
+
+emu = load("emulated_cpus")
 
 ZEN3 = "EPYC-Milan"
 

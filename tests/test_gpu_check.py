@@ -72,16 +72,16 @@ def test_gpu_check_no_test_split_falls_back_to_the_examples(monkeypatch, tmp_pat
 def test_gpu_check_writes_its_report_when_engine_builds_fail(double, monkeypatch, tmp_path):
     """Every engine build fails (and the full-size checkpoint cannot be made): each failure is a row, the ONNX rows are
     still measured, and the markdown report and its JSON are written."""
-    from ram_edge.benchmarks import full_size, gpu_check
+    from ram_edge.benchmarks import gpu_check, random_weights
 
-    def no_memory(root: Path, preset: str = full_size.PRESET) -> Path:
+    def no_memory(root: Path, preset: str = random_weights.PRESET) -> Path:
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(double.Builder, "fail_build", True)
     monkeypatch.setattr(gpu_check, "sh", _in_process)
     # The example images, with or without an emoji font here (the fallback has its own test).
     monkeypatch.setattr(gpu_check, "_test_split", lambda *args: None)
-    monkeypatch.setattr(full_size, "build_checkpoint", no_memory)
+    monkeypatch.setattr(random_weights, "build_checkpoint", no_memory)
     report = tmp_path / "report.md"
     status = gpu_check.main(["--workdir", str(tmp_path / "work"), "--report", str(report), "--test-count", "4", "--iters", "2"])
     assert status == 1

@@ -32,6 +32,8 @@ def modules() -> dict[str, Path]:
     for folder, package in package_dirs().items():
         for path in (REPO / folder).rglob("*.py"):
             parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if package == "ram_edge.benchmarks" and parts[0] == "experiments":
+                continue  # repository-only scripts, not modules of the package (see benchmarks/README.md)
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join([package, *parts])] = path

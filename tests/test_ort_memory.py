@@ -1,4 +1,4 @@
-"""benchmarks/ort_memory.py: onnxruntime's arena counters per node, on the shipped default model's bundles."""
+"""benchmarks/experiments/ort_memory.py: onnxruntime's arena counters per node, on the shipped default model's bundles."""
 
 import json
 
@@ -6,8 +6,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from ram_edge.benchmarks.ort_memory import main, node_memory, summarize  # noqa: E402
+from experiment_scripts import load  # noqa: E402
 from ram_edge.default_model import PACKAGE_DIR  # noqa: E402
+
+ort_memory = load("ort_memory")
+main, node_memory, summarize = ort_memory.main, ort_memory.node_memory, ort_memory.summarize
 
 BUNDLE = PACKAGE_DIR / "bundle_fp32"
 

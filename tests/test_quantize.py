@@ -329,7 +329,9 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
 @pytest.mark.parametrize("runtime, fmt, setting", [("openvino", "openvino", "int8 kernels"), ("ort", "onnx", "U8U8")])
 def test_int8_settings_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_path, capsys, runtime, fmt, setting):
     pytest.importorskip("openvino")
-    from ram_edge.benchmarks.ov_int8_kernels import main
+    from experiment_scripts import load
+
+    main = load("ov_int8_kernels").main
 
     for source, name in ((micro["checkpoint"], "fp32"), (ptq_checkpoint, "int8")):
         assert _run("export", source, "-o", tmp_path / name, "--format", fmt).exit_code == 0
@@ -855,7 +857,9 @@ def test_description_embeddings_become_int8_and_their_similarities_are_computed_
 
 
 def test_ort_int8_baseline_report_times_fp32_dynamic_and_ram_edge_int8(micro, ptq_checkpoint, tmp_path):
-    from ram_edge.benchmarks.ort_int8_baseline import main
+    from experiment_scripts import load
+
+    main = load("ort_int8_baseline").main
 
     fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
     assert _run("export", micro["checkpoint"], "-o", fp32, "--format", "onnx").exit_code == 0
@@ -869,7 +873,7 @@ def test_ort_int8_baseline_report_times_fp32_dynamic_and_ram_edge_int8(micro, pt
     assert "DynamicQuantizeMatMul" in result["ops_ms"]["dynamic"] or "MatMulInteger" in result["ops_ms"]["dynamic"]
     assert "MatMulIntegerToFloat" in result["ops_ms"]["ram_edge"] and "MatMulIntegerToFloat" not in result["ops_ms"]["fp32"]
     text = report.read_text()
-    assert "quantize_dynamic" in text and "x fp32" in text and "Reproduce: `python -m ram_edge.benchmarks.ort_int8_baseline" in text
+    assert "quantize_dynamic" in text and "x fp32" in text and "Reproduce: `python benchmarks/experiments/ort_int8_baseline.py" in text
     assert not list((tmp_path / "work").glob("profile-*"))  # profiler traces are read and removed
     # The wrong bundle in the wrong place is a clear error, not a traceback.
     with pytest.raises(SystemExit):

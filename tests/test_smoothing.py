@@ -138,15 +138,16 @@ def test_module_is_numpy_only():
 def test_video_flicker_benchmark_writes_the_four_rows(tmp_path):
     pytest.importorskip("cv2")
     pytest.importorskip("onnxruntime")
-    from ram_edge.benchmarks import video_flicker
+    from experiment_scripts import load
 
+    video_flicker = load("video_flicker")
     report = tmp_path / "flicker.md"
     video_flicker.main(["--report", str(report), "--scenes", "3", "--scene-frames", "4", "--smooth", "3",
                         "--hysteresis", "0.05", "--workdir", str(tmp_path / "work")])
     text = report.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
     assert [r.split("|")[1].strip() for r in rows] == ["off", "smooth", "hysteresis", "both"]
-    assert "Commit: " in text and "Machine: " in text and "python -m ram_edge.benchmarks.video_flicker" in text
+    assert "Commit: " in text and "Machine: " in text and "python benchmarks/experiments/video_flicker.py" in text
     data = json.loads(report.with_suffix(".json").read_text())
     assert [r["setting"] for r in data["rows"]] == ["off", "smooth", "hysteresis", "both"]
     assert all(r["frames"] == 12 and len(r["settle_delays"]) == 2 for r in data["rows"])
@@ -154,7 +155,9 @@ def test_video_flicker_benchmark_writes_the_four_rows(tmp_path):
 
 
 def test_flicker_metrics_by_hand():
-    from ram_edge.benchmarks.video_flicker import flicker_metrics
+    from experiment_scripts import load
+
+    flicker_metrics = load("video_flicker").flicker_metrics
 
     a, b, c = frozenset("a"), frozenset("ab"), frozenset("c")
     sets = [a, b, a, a, c, c, b, c]  # scene 1: frames 0-3, scene 2: frames 4-7

@@ -43,8 +43,9 @@ def _human(r) -> list[str]:
 
 @click.command()
 @click.argument("models", nargs=-1, metavar="MODEL[@RUNTIME]...")
-@click.option("--suite", "suite_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Run a benchmark suite (YAML: models x runtimes x precisions x batches x tag counts) instead of one MODEL.")
+@click.option("--suite", "suite_file", metavar="FILE|NAME", default=None,
+              help="Run a benchmark suite (YAML: models x runtimes x precisions x batches x tag counts) instead of one MODEL: "
+                   "a file, or the name of a suite shipped with ram-edge (default_model, full_size_swin_b384, ...).")
 @click.option("-o", "--output", "report_dir", type=click.Path(file_okay=False), default="bench-reports", show_default=True,
               help="With --suite: where the report (<machine>-<suite>-<date>.md/.json) and its PNG plots go.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
@@ -67,8 +68,8 @@ def bench(models, suite_file, report_dir, workdir, runtime, device, batch_size, 
     With two or more models (each PATH or PATH@RUNTIME, e.g. fp32_bundle int8_ir@openvino): each timed in
     its own process in interleaved rounds, one table with the speed-up against the first.
 
-    With --suite FILE.yaml: the whole matrix the file describes, each cell in a fresh process, written
-    as a markdown + JSON report with plots (see benchmarks/suites/ for examples).
+    With --suite FILE.yaml (or a shipped suite's name): the whole matrix the file describes, each cell in a
+    fresh process, written as a markdown + JSON report with plots, judged by the suite's targets.
     """
     from ..benchmarks.harness import run_benchmark
 
@@ -106,7 +107,7 @@ def bench(models, suite_file, report_dir, workdir, runtime, device, batch_size, 
 
 
 def _side_by_side(models, runtime, device, batch_size, iters, warmup, threads, compute_precision, images, rounds, as_json) -> None:
-    """Several models timed in interleaved rounds, one table (benchmarks/side_by_side.py)."""
+    """Several models timed in interleaved rounds, one table (ram_edge.benchmarks.side_by_side)."""
     from ..benchmarks.side_by_side import bench_side_by_side, table_lines
     from .compare import parse_model_spec
 
@@ -149,9 +150,9 @@ def _run_suite(suite_file: str, report_dir: str, workdir: str | None, as_json: b
     import os
     from pathlib import Path
 
-    from ..benchmarks.suite import Suite, SuiteConfig
+    from ..benchmarks.suite import Suite, SuiteConfig, suite_path
 
-    config = SuiteConfig.load(suite_file)
+    config = SuiteConfig.load(suite_path(suite_file))
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ram-edge" / "bench" / config.name
     command = f"ram-edge bench --suite {suite_file} -o {report_dir}" + (f" --workdir {workdir}" if workdir else "")
     result = Suite(config, Path(workdir) if workdir else cache, Path(report_dir), command=command).run()

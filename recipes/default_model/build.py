@@ -4,11 +4,11 @@
     python recipes/default_model/build.py prepare      # eval splits, label file, WordPiece vocab
     python recipes/default_model/build.py train        # ram-edge train, stage by stage (resumable)
     python recipes/default_model/build.py finalize     # thresholds, export, eval, report, ship
-    python recipes/default_model/build.py quantize [--report benchmarks/int8_default_model_vnni.md]
+    python recipes/default_model/build.py quantize [--report recipes/default_model/int8_default_model_vnni.md]
                                                        # PTQ + QAT, INT8 bundles, retention table; ship INT8 if it passes
 
 Work files go to work-out/default_model/ (git-ignored); the shipped files go to
-ram_edge/assets/default_model/ and the report to benchmarks/default_model.md.
+ram_edge/assets/default_model/; the reports and the training log stay beside this recipe (recipes/default_model/).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ REPO = HERE.parents[1]
 WORK = REPO / "work-out" / "default_model"
 DATA = WORK / "data"
 SHIP = REPO / "ram_edge" / "assets" / "default_model"
-REPORT = REPO / "benchmarks" / "default_model.md"
-INT8_REPORT = REPO / "benchmarks" / "int8_default_model.md"
+REPORT = HERE / "default_model.md"
+TRAIN_LOG = HERE / "default_model_train_log.jsonl"
+INT8_REPORT = HERE / "int8_default_model.md"
 # folder -> (generator split, scene count). "tune" extends val (same seed: its first 1000 scenes are
 # val's) for threshold tuning: per-tag thresholds from val's ~7 positives per tag were noisy.
 SPLITS = {"val": ("val", 1000), "tune": ("val", 3000), "test": ("test", 2000), "heldout": ("heldout", 1000)}
@@ -223,7 +224,7 @@ def describe_architecture(model_dir: Path) -> str:
 
 
 def write_report(results: dict, log: list[dict], run: Path) -> None:
-    """benchmarks/default_model.md"""
+    """recipes/default_model/default_model.md, and the training log beside it."""
     evals = "\n".join(f"| {r['step']} | {r['eval_map']:.1f} |" for r in log if "eval_map" in r)
     losses = [r for r in log if "loss" in r]
     speed = np.median([r["images_per_s"] for r in losses]) if losses else float("nan")
@@ -233,7 +234,7 @@ def write_report(results: dict, log: list[dict], run: Path) -> None:
     text = f"""# The default model: a small RAM trained on rendered emoji scenes
 
 Reproduce: `python recipes/default_model/build.py all` (2 CPU cores; the training resumes if interrupted).
-Recipe: `recipes/default_model/train.yaml`. Training log: `benchmarks/default_model_train_log.jsonl`.
+Recipe: `recipes/default_model/train.yaml`. Training log: `recipes/default_model/default_model_train_log.jsonl`.
 
 | metric | value |
 | --- | --- |
@@ -251,7 +252,7 @@ Recipe: `recipes/default_model/train.yaml`. Training log: `benchmarks/default_mo
 
 Training ran in stages (`STAGES` in `recipes/default_model/build.py`, each a resume of the same run,
 raising total_steps restarts the cosine schedule part-way): {stages}.
-{results['steps'] * results['batch_size'] / 1e3:.0f} k images in all (wall time of each stage: `benchmarks/default_model_attempts.md`).
+{results['steps'] * results['batch_size'] / 1e3:.0f} k images in all (wall time of each stage: `recipes/default_model/default_model_attempts.md`).
 
 Splits: test = {SPLITS['test'][1]} new scenes of the 359 seen categories; val = {SPLITS['val'][1]} scenes (the training-time
 eval); tune = {SPLITS['tune'][1]} validation scenes (val plus 2000 more; threshold tuning only);
@@ -268,14 +269,14 @@ Validation mAP during training:
 """
     with atomic_file(REPORT, "w") as fh:
         fh.write(text)
-    shutil.copy(run / "log.jsonl", REPO / "benchmarks" / "default_model_train_log.jsonl")
+    shutil.copy(run / "log.jsonl", TRAIN_LOG)
 
 
 def quantize(report: Path = INT8_REPORT) -> None:
     """Quantization-aware fine-tuning of the shipped checkpoint, INT8 bundles and the retention table
-    (`report`, by default benchmarks/int8_default_model.md); when QAT INT8 on onnxruntime meets every accuracy
+    (`report`, by default recipes/default_model/int8_default_model.md); when QAT INT8 on onnxruntime meets every accuracy
     target, its ONNX bundle becomes the shipped default (`bundle/`) and the fp32 one moves beside it (`bundle_fp32/`)."""
-    from ram_edge.benchmarks.int8_default_model import main as retention
+    from int8_retention import main as retention  # this recipe's folder: sys.path[0] when build.py runs
 
     work = WORK / "int8"
     retention(["--workdir", str(work), "--model", str(SHIP / "checkpoint"), "--report", str(report)])

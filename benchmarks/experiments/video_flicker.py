@@ -1,7 +1,7 @@
 """Tags that hold still on video: how often the tags of a jittery, noisy video flip, and how long the tag set takes
 to settle after a real scene change, with plain thresholds, --smooth, --hysteresis and both.
 
-    python -m ram_edge.benchmarks.video_flicker --report benchmarks/video_flicker.md
+    python benchmarks/experiments/video_flicker.py --report benchmarks/results/video_flicker/video_flicker.md
         [--scenes 12] [--scene-frames 30] [--noise 4] [--jitter 3] [--smooth 5] [--hysteresis 0.05] [--seed 0]
 
 The video (MJPG AVI, 30 fps, generated into --workdir or a temporary folder): the shipped default model's example
@@ -35,9 +35,9 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features
+from ram_edge.benchmarks.harness import cpu_features
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "ram_edge" / "assets" / "default_model" / "examples"
 FPS = 30
 
@@ -207,7 +207,7 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "video_flicker.md")
+    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "results" / "video_flicker" / "video_flicker.md")
     parser.add_argument("--workdir", type=Path, default=None, help="where the video is written [a temporary folder]")
     parser.add_argument("--scenes", type=int, default=12)
     parser.add_argument("--scene-frames", type=int, default=30)
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         result = run(args, workdir)
-    result["command"] = " ".join(["python -m ram_edge.benchmarks.video_flicker", *(argv if argv is not None else sys.argv[1:])])
+    result["command"] = " ".join(["python benchmarks/experiments/video_flicker.py", *(argv if argv is not None else sys.argv[1:])])
     write_report(args.report, result)
     print(f"wrote {args.report}", file=sys.stderr)
 

@@ -1,6 +1,6 @@
 """A runtime's two ways with INT8 bundles on a CPU, against fp32, on this CPU in one run.
 
-`python -m ram_edge.benchmarks.ov_int8_kernels --fp32 FP32_BUNDLE --int8 INT8_BUNDLE [--runtime openvino|ort] [--report MD]`
+`python benchmarks/experiments/ov_int8_kernels.py --fp32 FP32_BUNDLE --int8 INT8_BUNDLE [--runtime openvino|ort] [--report MD]`
 
 The `openvino` runtime compiles an INT8 bundle to int8 kernels where the CPU has VNNI or AMX and, on x86 CPUs
 with AVX2 only, with OpenVINO's low-precision transformations off (float kernels on the 8-bit weights;
@@ -24,7 +24,7 @@ import numpy as np
 
 from ram_edge.errors import RamEdgeError
 from ram_edge.fileio import atomic_file
-from .harness import INT8_SETTINGS, cpu_features, log, relative_to_cwd, run_cli
+from ram_edge.benchmarks.harness import INT8_SETTINGS, cpu_features, log, relative_to_cwd, run_cli
 
 CELLS = (("fp32", "auto"), ("int8", "on"), ("int8", "off"))
 TITLES = {"openvino": "OpenVINO INT8 with and without its int8 kernels",
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     except RamEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    command = (f"python -m ram_edge.benchmarks.ov_int8_kernels --fp32 {relative_to_cwd(args.fp32)} --int8 "
+    command = (f"python benchmarks/experiments/ov_int8_kernels.py --fp32 {relative_to_cwd(args.fp32)} --int8 "
                f"{relative_to_cwd(args.int8)} --runtime {args.runtime} --rounds {args.rounds} --batch {args.batch} --iters {args.iters} "
                f"--warmup {args.warmup} --threads {args.threads}")
     if args.report is not None:

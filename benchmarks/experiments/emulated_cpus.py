@@ -1,6 +1,6 @@
 """Bundles on x86 CPUs this machine is not: which kernels they get and what they answer there, under QEMU.
 
-`python -m ram_edge.benchmarks.emulated_cpus [--bundle B ...] [--images DIR] [--limit N] [--cpu MODEL ...] [--runtime R ...]
+`python benchmarks/experiments/emulated_cpus.py [--bundle B ...] [--images DIR] [--limit N] [--cpu MODEL ...] [--runtime R ...]
 --report MD`
 
 The code paths of CPUs without VNNI (OpenVINO's int8 kernels on AVX2, its kernels-off fallback for INT8 bundles,
@@ -38,7 +38,7 @@ from ram_edge.errors import RamEdgeError
 from ram_edge.fileio import atomic_file
 from ram_edge.runtimes.registry import get_runtime_class
 
-from .harness import INT8_SETTINGS, cpu_features, log, relative_to_cwd
+from ram_edge.benchmarks.harness import INT8_SETTINGS, cpu_features, log, relative_to_cwd
 
 QEMU = "qemu-x86_64"
 HOST = "host"
@@ -144,7 +144,7 @@ def run_cell(cell: Cell, bundle: Path, images_file: Path, out: Path, threads: in
         env[INT8_SETTINGS[cell.runtime][0]] = cell.int8_setting.split()[-1]
     if cell.cpu.startswith(ONEDNN):
         env["ONEDNN_MAX_CPU_ISA"] = cell.cpu.removeprefix(ONEDNN)
-    args = ["-m", "ram_edge.benchmarks.emulated_cpus", "probe", "--bundle", str(bundle), "--runtime", cell.runtime,
+    args = [str(Path(__file__).resolve()), "probe", "--bundle", str(bundle), "--runtime", cell.runtime,
             "--images-file", str(images_file), "--out", str(out), "--threads", str(threads)]
     log(f"{cell.cpu}: {cell.bundle} on {cell.runtime}" + (f" ({cell.int8_setting})" if cell.int8_setting != "–" else ""))
     start = time.perf_counter()
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from ram_edge.default_model import default_model_path
 
-    p = argparse.ArgumentParser(prog="python -m ram_edge.benchmarks.emulated_cpus", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/experiments/emulated_cpus.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, action="append", help="ONNX / OpenVINO bundle (repeat; default: the shipped default model's INT8 and fp32 bundles)")
     p.add_argument("--images", type=Path, help="folder of images (default: the shipped example images)")
     p.add_argument("--limit", type=int, help="the first N images (sorted) only: emulation runs about 100x slower")
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(bundles, _images(a.images, a.limit), a.cpu or list(DEFAULT_CPUS), a.threads, tuple(a.runtime or RUNTIMES))
     print(json.dumps(result, indent=1))
     if a.report:
-        command = "python -m ram_edge.benchmarks.emulated_cpus " + " ".join(
+        command = "python benchmarks/experiments/emulated_cpus.py " + " ".join(
             relative_to_cwd(x) if os.path.exists(x) else x for x in argv)
         with atomic_file(a.report, "w") as fh:
             fh.write(render(result, command))

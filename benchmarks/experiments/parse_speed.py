@@ -4,7 +4,7 @@ Uses the official RAM tag list from $RAM_EDGE_SHARED/official-data/ram/data/ram_
 (or ../shared beside the repository) when present, else 4585 synthetic tags of the official
 length mix; parses 20,000 synthetic captions (seeded, so runs are comparable) and prints the rate.
 
-    python benchmarks/parse_speed.py [--captions 20000] [--repeats 3]
+    python benchmarks/experiments/parse_speed.py [--captions 20000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ram_edge.labels import read_lines
 from ram_edge.training.parse import TagParser
 from ram_edge.training.text_norm import plural_forms
 
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 _FILLER = (
     "a an the of on in with and at near next to is are sitting standing holding two three some "
     "large small red blue white black green old young wooden happy busy beside under over while"

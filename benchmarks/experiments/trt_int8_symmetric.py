@@ -1,6 +1,6 @@
 """What TensorRT's symmetric int8 costs the default model's answers, measured on the CPU:
 
-    python -m ram_edge.benchmarks.trt_int8_symmetric --workdir /tmp/trt-sym --report benchmarks/trt_int8_symmetric.md
+    python benchmarks/experiments/trt_int8_symmetric.py --workdir /tmp/trt-sym --report benchmarks/results/trt_int8_symmetric/trt_int8_symmetric.md
 
 TensorRT accepts only symmetric int8 Q/DQ, so `ram-edge export INT8_BUNDLE --format trt` converts the
 asymmetric (uint8) activation quantizers of an NNCF INT8 ONNX into symmetric int8 ones covering the
@@ -8,7 +8,7 @@ same range (export/tensorrt_qdq.py). This runs the shipped default model's fp32 
 as shipped, and that INT8 ONNX converted for TensorRT, all with onnxruntime on the CPU, on the
 default model's rendered test split: mAP, tag-set F1 and identical tag sets against fp32 and against
 the asymmetric INT8, and the largest probability change. The engine itself adds TensorRT's own
-kernels on top; `benchmarks/gpu_check.py` measures that on a GPU.
+kernels on top; `python -m ram_edge.benchmarks.gpu_check` measures that on a GPU.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features, git_commit, log, map_on_tag_names, markdown_table, run_cli
+from ram_edge.benchmarks.harness import cpu_features, git_commit, log, map_on_tag_names, markdown_table, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _probs(onnx_path: Path, images: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     result = measure(args.workdir, args.count)
     result.update({"date": datetime.date.today().isoformat(), "commit": git_commit(REPO), "cpu": cpu_features(),
-                   "command": "python -m ram_edge.benchmarks.trt_int8_symmetric " + " ".join(argv if argv is not None else sys.argv[1:]),
+                   "command": "python benchmarks/experiments/trt_int8_symmetric.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                    "seconds": round(time.perf_counter() - started, 1)})
     write_report(args.report, result)
     log(f"wrote {args.report}")

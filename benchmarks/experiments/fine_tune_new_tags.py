@@ -10,7 +10,7 @@ are new scenes of the same categories. Rows of the report:
 - the fine-tuned model (`init_from` the default checkpoint, `text_encoder: minilm`, no
   `label_embed_scale` or `center_label_embed`: the checkpoint's recorded scale and centre are used).
 
-    python -m ram_edge.benchmarks.fine_tune_new_tags --workdir /tmp/ram-ft --steps 200
+    python benchmarks/experiments/fine_tune_new_tags.py --workdir /tmp/ram-ft --steps 200
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPORT = Path(__file__).resolve().parent / "fine_tune_new_tags.md"
+REPORT = Path(__file__).resolve().parents[1] / "results" / "fine_tune_new_tags" / "fine_tune_new_tags.md"
 
 
 def _render(stream, count: int, out: Path) -> Path:
@@ -140,7 +140,7 @@ def _write_report(path: Path, r: dict, baseline: dict | None = None, baseline_na
 
     text = f"""# Fine-tuning the default model with new tags
 
-`python -m ram_edge.benchmarks.fine_tune_new_tags --workdir /tmp/ram-ft --steps {r['steps']}` on this project's
+`python benchmarks/experiments/fine_tune_new_tags.py --workdir /tmp/ram-ft --steps {r['steps']}` on this project's
 2-core CPU machine. New tags: {', '.join(r['new_tags'])} (held-out emoji categories the default model never saw);
 training scenes draw from them and {r['seen_rehearsed']} seen categories; {r['test_scenes']} new test scenes of the same categories.
 Fine-tuning: `init_from` the shipped checkpoint, tags given, tagging loss only, {r['steps']} steps of {r['batch_size']}

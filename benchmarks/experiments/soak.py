@@ -1,7 +1,7 @@
 """Soak run: 10,000 frames through `ram-edge watch` and 10,000 images through `Tagger.tag`, resident memory
 sampled along the way (target: growth under 5% from start to end).
 
-    python -m ram_edge.benchmarks.soak --workdir /tmp/soak [--frames 10000] [--images 10000] [--report benchmarks/soak.md]
+    python benchmarks/experiments/soak.py --workdir /tmp/soak [--frames 10000] [--images 10000] [--report benchmarks/results/soak/soak.md]
 
 "Start" is after a warm-up (the first 200 frames / images: allocator pools and runtime caches fill
 there); "end" is after the last. `watch` runs as its own process (sampled from /proc/PID/status);
@@ -23,9 +23,9 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features
+from ram_edge.benchmarks.harness import cpu_features
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "ram_edge" / "assets" / "default_model" / "examples"
 WARMUP = 200
 TARGET_GROWTH = 0.05
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "soak.md")
+    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "results" / "soak" / "soak.md")
     args = parser.parse_args(argv)
     for name in ("frames", "images"):
         if getattr(args, name) <= WARMUP:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     runs.append(soak_tagger(args.images))
     print(json.dumps({k: v for k, v in runs[-1].items() if k != "samples"}), file=sys.stderr, flush=True)
     result = {"date": datetime.date.today().isoformat(), "cpu": cpu_features(), "runs": runs,
-              "command": " ".join(["python -m ram_edge.benchmarks.soak", *(argv if argv is not None else sys.argv[1:])])}
+              "command": " ".join(["python benchmarks/experiments/soak.py", *(argv if argv is not None else sys.argv[1:])])}
     write_report(args.report, result)
     print(f"wrote {args.report}", file=sys.stderr)
 

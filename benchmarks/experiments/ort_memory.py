@@ -1,6 +1,6 @@
 """Where an ONNX bundle's memory goes on onnxruntime at a batch size, from onnxruntime's own arena counters.
 
-`python -m ram_edge.benchmarks.ort_memory BUNDLE [--batch 8] [--threads 2] [--top 8] [--json]`
+`python benchmarks/experiments/ort_memory.py BUNDLE [--batch 8] [--threads 2] [--top 8] [--json]`
 
 One profiled run with the `ort` runtime's session options. onnxruntime's profiler records, after
 every node, the bytes its CPU arena hands out (`mem_bytes_in_use`) and the bytes the arena holds
@@ -23,7 +23,7 @@ import numpy as np
 
 from ram_edge.errors import BundleError, RamEdgeError, RuntimeUnavailableError
 
-from .harness import _cpu_model, _current_rss_mb, _peak_rss_mb
+from ram_edge.benchmarks.harness import _cpu_model, _current_rss_mb, _peak_rss_mb
 
 _MIB = float(1 << 20)
 

@@ -1,12 +1,12 @@
 """The data engine measured as RAM's Table 5 in miniature: parsed tags only, + generation, + generation and cleaning.
 
-    python benchmarks/data_engine.py all        # every step below, each skipped when its output exists
+    python benchmarks/experiments/data_engine.py all        # every step below, each skipped when its output exists
 
 Steps: `prepare` renders a noisier training set (caption noise rates in NOISE) and the clean test split;
 `baseline` evaluates the shipped default model (the engine's baseline); `generate` and `clean` run
 `ram-edge engine` on the training set; `train-a`, `train-b`, `train-c` fine-tune the shipped model for the same
-steps (benchmarks/data_engine/finetune.yaml) on (a) the tags parsed from the noisy captions, (b) + generated tags,
-(c) + generated tags, then cleaned; `report` writes benchmarks/data_engine.md and .json with mAP on the test split
+steps (benchmarks/experiments/data_engine_finetune.yaml) on (a) the tags parsed from the noisy captions, (b) + generated tags,
+(c) + generated tags, then cleaned; `report` writes benchmarks/results/data_engine/data_engine.md and .json with mAP on the test split
 and the annotation quality (tags per image, precision and recall against the scenes' true tags) after each step.
 Work files live in work-out/data_engine (git-ignored).
 """
@@ -23,11 +23,11 @@ import numpy as np
 from ram_edge.benchmarks.harness import cpu_features, run_cli
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 WORK = REPO / "work-out" / "data_engine"
 BASELINE = REPO / "ram_edge" / "assets" / "default_model" / "checkpoint"
-FINETUNE = HERE / "data_engine" / "finetune.yaml"
-REPORT = HERE / "data_engine.md"
+FINETUNE = HERE / "data_engine_finetune.yaml"
+REPORT = REPO / "benchmarks" / "results" / "data_engine" / "data_engine.md"
 TRAIN_COUNT, TEST_COUNT = 10000, 2000
 # Noisier than the default recipe's captions (missing 0.15, wrong 0.05, synonym 0.2, typo 0): two captions per scene.
 NOISE = {"missing": 0.5, "wrong": 0.2, "synonym": 0.35, "typo": 0.05}
@@ -218,7 +218,7 @@ def _machine() -> str:
 
 
 def report() -> None:
-    """benchmarks/data_engine.md and .json."""
+    """benchmarks/results/data_engine/data_engine.md and .json."""
     rows = [json.loads(line) for line in (WORK / "train" / "annotations.jsonl").read_text().splitlines() if line.strip()]
     truth = [set(r["tags"]) for r in rows]
     labels = WORK / "train" / "labels.tsv"
@@ -240,7 +240,8 @@ def report() -> None:
         result["speed"] = json.loads((WORK / "speed.json").read_text())
     for step in ("generate", "clean"):
         result[step].pop("failed", None)
-    (HERE / "data_engine.json").write_text(json.dumps(result, indent=1) + "\n")
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     REPORT.write_text(render(result))
     print(REPORT.read_text())
 
@@ -252,7 +253,7 @@ def render(r: dict) -> str:
     lines = [
         "# The data engine, measured: RAM's Table 5 in miniature",
         "",
-        "Reproduce: `python benchmarks/data_engine.py all` (each step is skipped when its output exists; work files in",
+        "Reproduce: `python benchmarks/experiments/data_engine.py all` (each step is skipped when its output exists; work files in",
         "`work-out/data_engine/`). Machine: " + r["machine"] + ".",
         "",
         f"Data: {r['train_images']} rendered training scenes (`ram-edge data scenes`, seed 0) whose two captions per scene are",
@@ -300,7 +301,7 @@ def render(r: dict) -> str:
         f" thresholds; no captions: the shipped checkpoint keeps no captioning weights). {r['times_s'].get('generate', 0):.0f} s.",
         "- Regions: a simulated text-prompted detector (the paper grounds each tag with Grounding DINO): for every tag of"
         " the generated annotation, the scene's true boxes of that object, or, for a tag whose object is not in the image,"
-        " one other object's box (a grounding error; `regions()` in `benchmarks/data_engine.py`), as COCO-style JSON.",
+        " one other object's box (a grounding error; `regions()` in `benchmarks/experiments/data_engine.py`), as COCO-style JSON.",
         f"- `ram-edge engine clean generated --model <default checkpoint> --regions regions.json`: {cl['regions_embedded']}"
         f" regions embedded, {cl['tags_per_image_before']:.2f} -> {cl['tags_per_image_after']:.2f} tags per image;"
         f" {r['times_s'].get('clean', 0):.0f} s.",

@@ -1,7 +1,7 @@
 """Why is batch 8 slower per image than batch 1 on a CPU? Encoder and decoder timed apart, per batch size.
 
-    python -m ram_edge.benchmarks.batching --workdir /tmp/ram-fullsize-b --preset ram_swin_base_384 [--report benchmarks/batching_swin_b384.md]
-    python -m ram_edge.benchmarks.batching --default-model [--report benchmarks/batching_default_model.md]
+    python benchmarks/experiments/batching.py --workdir /tmp/ram-fullsize-b --preset ram_swin_base_384 --report benchmarks/results/batching/batching_swin_b384.md
+    python benchmarks/experiments/batching.py --default-model --report benchmarks/results/batching/batching_default_model.md
 
 torch eager, fp32, the given threads: per-image milliseconds of the Swin encoder (`forward_features`)
 and of the recognition decoder at every tag (`forward_head` with the precomputed queries) at batch
@@ -23,7 +23,7 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features
+from ram_edge.benchmarks.harness import cpu_features
 
 BATCHES = (1, 2, 4, 8)
 
@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> None:
 
         checkpoint, title = default_model_path("checkpoint"), "Batching on a CPU: the default model"
     else:
-        from .full_size import build_checkpoint
+        from ram_edge.benchmarks.random_weights import build_checkpoint
 
         args.workdir.mkdir(parents=True, exist_ok=True)
         checkpoint, title = build_checkpoint(args.workdir, args.preset), f"Batching on a CPU: {args.preset}"
     result = measure(checkpoint, args.threads, args.iters)
     result.update(cpu=cpu_features(), llc_mb=_cache_mb(), date=datetime.date.today().isoformat(),
-                  command=" ".join(["python -m ram_edge.benchmarks.batching", *(argv if argv is not None else sys.argv[1:])]))
+                  command=" ".join(["python benchmarks/experiments/batching.py", *(argv if argv is not None else sys.argv[1:])]))
     result["finding"] = finding(result)
     write_report(args.report, result, title)
     print(result["finding"])

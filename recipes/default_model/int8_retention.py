@@ -2,10 +2,11 @@
 bundle on onnxruntime and an OpenVINO IR on OpenVINO, on the test split (seen categories) and the
 held-out split (60 categories never trained on, queries from the text encoder through `--vocab`).
 
-    python -m ram_edge.benchmarks.int8_default_model --workdir work-out/int8 [--report benchmarks/int8_default_model.md]
+    python recipes/default_model/int8_retention.py --workdir work-out/int8 [--report recipes/default_model/int8_default_model.md]
 
 Every model and bundle is made by the ram-edge commands a user runs (printed as they run); a step whose
 output exists is skipped, so an interrupted run continues. Writes the markdown report and a JSON beside it.
+The recipe's `quantize` phase (build.py) runs this and ships QAT INT8 as the default when its verdicts pass.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from ram_edge.benchmarks.harness import _package_version, bundle_model_mb, cpu_features, relative_to_cwd, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 DEFAULT_MODEL = REPO / "ram_edge" / "assets" / "default_model" / "checkpoint"
 VARIANTS = ("fp32", "weights", "ptq", "qat")
 # bf16 is not a bundle but OpenVINO's compute precision on the fp32 IR (CPUs with AVX512_BF16 or AMX; refused
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qat-steps", type=int, default=300)
     parser.add_argument("--qat-images", type=int, default=2000)
     parser.add_argument("--test-count", type=int, default=2000)
-    parser.add_argument("--report", type=Path, default=REPO / "benchmarks" / "int8_default_model.md")
+    parser.add_argument("--report", type=Path, default=HERE / "int8_default_model.md")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     work = args.workdir
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(work, bundles)
     result.update({
         "date": datetime.date.today().isoformat(),
-        "command": "python -m ram_edge.benchmarks.int8_default_model " + " ".join(relative_to_cwd(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": "python recipes/default_model/int8_retention.py " + " ".join(relative_to_cwd(a) for a in (sys.argv[1:] if argv is None else argv)),
         "seconds": time.perf_counter() - started,
         "settings": {"calib_size": args.calib_size, "qat_steps": args.qat_steps, "qat_images": args.qat_images},
         "machine": {"cpu": cpu_features(), "versions": ", ".join(f"{n} {_package_version(n)}" for n in

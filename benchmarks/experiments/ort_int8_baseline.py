@@ -1,6 +1,6 @@
 """ram-edge's INT8 ONNX against onnxruntime's own accuracy-blind baseline, on the same CPU in one run.
 
-`python -m ram_edge.benchmarks.ort_int8_baseline --fp32 FP32_BUNDLE --int8 INT8_BUNDLE --workdir DIR --report MD`
+`python benchmarks/experiments/ort_int8_baseline.py --fp32 FP32_BUNDLE --int8 INT8_BUNDLE --workdir DIR --report MD`
 
 The INT8 issue's speed target for onnxruntime (>= 2.5x fp32 at batch 1 with VNNI) was set from
 `onnxruntime.quantization.quantize_dynamic` on a Zen 4 (1817 -> 664 ms, 2.74x). That baseline is
@@ -24,7 +24,7 @@ import numpy as np
 
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features
+from ram_edge.benchmarks.harness import cpu_features
 
 # Kernels that compute in 8-bit on onnxruntime's CPU provider.
 INT8_KERNELS = frozenset({"MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul", "MatMulInteger", "QGemm",
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     rounds = time_interleaved(models, batch, args.threads, args.rounds, args.iters)
     ops = {name: profile_ops(path, batch, args.threads, args.workdir) for name, path in models.items()}
     p50 = {name: float(np.median(t)) for name, t in rounds.items()}
-    command = "python -m ram_edge.benchmarks.ort_int8_baseline " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/experiments/ort_int8_baseline.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {"model": args.name or args.int8.resolve().parent.name,
               "cpu": cpu_features(), "onnxruntime": ort.__version__, "threads": args.threads, "batch": args.batch,
               "rounds": args.rounds, "iters": args.iters, "date": time.strftime("%Y-%m-%d"), "command": command,

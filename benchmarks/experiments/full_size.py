@@ -1,13 +1,17 @@
 """Full-size Swin-L/384 RAM benchmark with random weights (accuracy does not matter for speed).
 
-    python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize --threads 2
-    python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize-b --preset ram_swin_base_384
+    python benchmarks/experiments/full_size.py --workdir /tmp/ram-fullsize --threads 2
+    python benchmarks/experiments/full_size.py --workdir /tmp/ram-fullsize-b --preset ram_swin_base_384
 
 Builds the model from the shipped config, exports ONNX and OpenVINO fp32 bundles (full label set
 and 1000/100/10-tag subsets), counts multiply-accumulates with torch's FlopCounterMode, measures
 the fp32 matmul roofline, then runs `ram-edge bench --json` for every (runtime, bundle, batch) in
-its own process (so peak RSS is per runtime) and writes benchmarks/full_size_<preset>.md + .json.
+its own process (so peak RSS is per runtime) and writes benchmarks/results/full_size/full_size_<preset>.md + .json.
 The roofline is read before every row and after the last, because this shared VM drifts.
+
+`ram-edge bench --suite full_size_swin_l384` measures most of this as a suite (fp32 on each runtime at batch 1 and 8
+against the roofline, a tag subset against its MAC bound) and INT8, bf16, cold start and accuracy besides; only this
+script times torch's decoder alone at each query count (all, 1000, 100, 10 tags).
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ram_edge.benchmarks.harness import roofline_in_subprocess, run_cli, write_markdown_report
+from ram_edge.benchmarks.random_weights import PRESET, build_checkpoint, count_macs, subset_queries
 from ram_edge.fileio import atomic_file
 
-from .harness import roofline_in_subprocess, run_cli, write_markdown_report
-
-PRESET = "ram_swin_large_384"
-# Report file stem per architecture (benchmarks/full_size_<stem>.md).
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "full_size"
+# Report file stem per architecture (benchmarks/results/full_size/full_size_<stem>.md).
 REPORT_NAMES = {"ram_swin_large_384": "swin_l384", "ram_swin_base_384": "swin_b384",
                 "ram_plus_swin_large_384": "ram_plus_swin_l384", "ram_plus_swin_base_384": "ram_plus_swin_b384"}
 SUBSETS = (1000, 100, 10)
@@ -33,60 +37,6 @@ SUBSETS = (1000, 100, 10)
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def build_checkpoint(workdir: Path, preset: str = PRESET) -> Path:
-    """A random-weight full-size RAM checkpoint directory with synthetic tag names."""
-    import torch
-
-    from ram_edge.labels import LabelSet
-    from ram_edge.models import build_model
-    from ram_edge.models.checkpoint import save_checkpoint
-    from ram_edge.models.presets import load_preset
-
-    out = workdir / "ckpt"
-    if out.exists():
-        return out
-    torch.manual_seed(0)
-    config = load_preset(preset)
-    model = build_model(config)
-    with torch.no_grad():
-        model.label_embed.normal_(0, 0.1)
-    tags = [f"tag{i:04d}" for i in range(config.num_classes)]
-    labels = LabelSet(tags, None, np.full(len(tags), 0.68, np.float32))
-    save_checkpoint(model, labels, out, source={"kind": "random", "seed": 0, "preset": preset})
-    return out
-
-
-def count_macs(ckpt: Path, queries: list[int]) -> dict[str, float]:
-    """Multiply-accumulates per image: encoder (+image_proj) and decoder at each query count (RAM++: with the
-    per-image mixing of the description embeddings, which scales with the tags too)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from ram_edge.models.checkpoint import load_checkpoint
-
-    model, _ = load_checkpoint(ckpt)
-    size = model.config.preprocess.image_size
-    out: dict[str, float] = {}
-    with torch.no_grad():
-        x = torch.zeros(1, 3, size, size)
-        with FlopCounterMode(display=False) as counter:
-            embeds = model.forward_features(x)
-        out["encoder"] = counter.get_total_flops() / 2
-        for n in queries:
-            with FlopCounterMode(display=False) as counter:
-                model.forward_head(embeds, subset_queries(model, embeds, n))
-            out[f"decoder_{n}"] = counter.get_total_flops() / 2
-    return out
-
-
-def subset_queries(model, embeds, n: int):
-    """The decoder queries of the first n tags: RAM's are precomputed at export (not counted), RAM++'s are mixed
-    per image from the description embeddings (counted: call this inside the timer / MAC counter)."""
-    if model.family == "ram_plus":
-        return model.label_queries(embeds, model.label_embed[: n * model.config.des_per_class])
-    return model.label_queries()[:, :n].contiguous()
 
 
 def torch_decoder_times(ckpt: Path, queries: list[int], threads: int, iters: int = 5) -> dict[int, float]:
@@ -143,23 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--preset", default=PRESET, choices=sorted(REPORT_NAMES), help="architecture to build")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--report", type=Path, default=None, help="default: benchmarks/full_size_<preset>.md")
+    parser.add_argument("--report", type=Path, default=None, help="default: benchmarks/results/full_size/full_size_<preset>.md")
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--int8", action="store_true",
-                        help="INT8 and bf16 against fp32 on the same runtime instead (PTQ calibrated on rendered scenes); "
-                             "report full_size_<preset>_int8.md")
-    parser.add_argument("--calib-size", type=int, default=300, help="--int8: rendered scenes to calibrate on")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    suffix = "_int8" if args.int8 else ""
-    report = args.report or Path(__file__).parent / f"full_size_{REPORT_NAMES[args.preset]}{suffix}.md"
+    report = args.report or RESULTS / f"full_size_{REPORT_NAMES[args.preset]}.md"
 
     ckpt = build_checkpoint(args.workdir, args.preset)
-    if args.int8:
-        from .full_size_int8 import run_int8
-
-        run_int8(args, ckpt, report)
-        return
     tags = (args.workdir / "ckpt" / "tags.txt").read_text().splitlines()
     num = len(tags)
     macs = count_macs(ckpt, [num, *SUBSETS])
@@ -236,7 +176,7 @@ Decoder alone (batch 1):
 
 {_bound_text(macs, num, 100)}
 
-Reproduce: `python -m ram_edge.benchmarks.full_size --workdir /tmp/ram-fullsize-{REPORT_NAMES[args.preset]} --preset {args.preset} --threads {args.threads}`.
+Reproduce: `python benchmarks/experiments/full_size.py --workdir /tmp/ram-fullsize-{REPORT_NAMES[args.preset]} --preset {args.preset} --threads {args.threads}`.
 """
     write_markdown_report(rows, report, f"Full-size RAM ({args.preset}) latency on this machine", notes)
     _log(f"wrote {report}")
