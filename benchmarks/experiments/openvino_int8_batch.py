@@ -1,6 +1,6 @@
 """Whether the `openvino` runtime gives an image the same probabilities alone and in a batch, and at what speed.
 
-`python -m ram_edge.benchmarks.openvino_int8_batch --old OLD_INT8 --new NEW_INT8 --images DIR [--report MD]`
+`python benchmarks/experiments/openvino_int8_batch.py --old OLD_INT8 --new NEW_INT8 --images DIR [--report MD]`
 
 Three ways of running an INT8 bundle, each at batch 1 and 8, timed in-process in interleaved rounds (every second
 round reversed) on random input, a figure being the median of its rounds; batch invariance measured on the images
@@ -32,7 +32,7 @@ import numpy as np
 from ram_edge.errors import RamEdgeError, RamEdgeWarning
 from ram_edge.fileio import atomic_file
 
-from .harness import cpu_features, log, relative_to_cwd
+from ram_edge.benchmarks.harness import cpu_features, log, relative_to_cwd
 
 CELLS = ("old, batched", "old, runtime's check", "new")
 BATCHES = (1, 8)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     except RamEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    command = (f"python -m ram_edge.benchmarks.openvino_int8_batch --old {relative_to_cwd(args.old)} --new "
+    command = (f"python benchmarks/experiments/openvino_int8_batch.py --old {relative_to_cwd(args.old)} --new "
                f"{relative_to_cwd(args.new)} --images {relative_to_cwd(args.images)} --rounds {args.rounds} "
                f"--iters {args.iters} --warmup {args.warmup}")
     if args.report is not None:
