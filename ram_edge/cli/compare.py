@@ -151,6 +151,28 @@ def run_model(spec: ModelSpec, sources: Sequence[str], *, device: str | None, th
         tagger.close()
 
 
+def run_models(models: Sequence[tuple[ModelSpec, str | None]], images: Sequence[str], failed: list[tuple[str, str]], *,
+               device: str | None, threads: int | None, compute_precision: str | None,
+               batch_size: int | None) -> tuple[list[ModelRun], list[tuple[str, str]], list[int]]:
+    """Each (model, option naming it in errors) on `images` under one progress bar; (runs, failed inputs with those of
+    any model added, the indices every model tagged: an image is compared only where all of them did)."""
+    runs: list[ModelRun] = []
+    if images:
+        bar = progress_bar(len(images) * len(models))
+        try:
+            for spec, option in models:
+                runs.append(run_model(spec, images, device=device, threads=threads, compute_precision=compute_precision,
+                                      batch_size=batch_size, bar=bar, option=option))
+        finally:
+            bar.close()
+    bad: dict[int, str] = {}
+    for run in runs:
+        for i, error in run.errors.items():
+            bad.setdefault(i, error)
+    failed = [(images[i], bad[i]) for i in sorted(bad)] + failed
+    return runs, failed, [i for i in range(len(images)) if i not in bad]
+
+
 def progress_bar(total: int):
     """The stderr progress bar of a long run (silent where stderr is not a terminal)."""
     from tqdm import tqdm
@@ -284,22 +306,8 @@ def compare(models, sources, labels_file, device, threads, compute_precision, ba
 
     images, failed = list_sources(sources)
     total = len(images) + len(failed)  # every image file, and every folder without one
-    runs: list[ModelRun] = []
-    if images:
-        bar = progress_bar(len(images) * len(specs))
-        try:
-            for spec in specs:
-                runs.append(run_model(spec, images, device=device, threads=threads, compute_precision=compute_precision,
-                                      batch_size=batch_size, bar=bar))
-        finally:
-            bar.close()
-    # An image is compared only where every model tagged it.
-    bad: dict[int, str] = {}
-    for run in runs:
-        for i, error in run.errors.items():
-            bad.setdefault(i, error)
-    failed = [(images[i], bad[i]) for i in sorted(bad)] + failed
-    ok = [i for i in range(len(images)) if i not in bad]
+    runs, failed, ok = run_models([(spec, "--model") for spec in specs], images, failed, device=device, threads=threads,
+                                  compute_precision=compute_precision, batch_size=batch_size)
     if not ok:
         first = failed[0][1] if failed else "no images"
         raise CompareError(f"all {total} input(s) failed, nothing to compare (first: {first}); pass image files or "

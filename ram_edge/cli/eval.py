@@ -129,7 +129,7 @@ def _eval_reference(model, data, reference, data_format, taglist, image_root, ru
                                   is_tag_json, json_safe, match_answers, read_tag_answers)
 
     from .compare import (ModelSpec, agreement_lines, check_model, labelled_map, list_sources, note_uncompared,
-                          parse_model_spec, progress_bar, report_failures, run_model, table_lines)
+                          parse_model_spec, report_failures, run_models, table_lines)
 
     if per_tag_out or tune_out:
         given = "--per-tag-out" if per_tag_out else "--tune-thresholds"
@@ -184,21 +184,9 @@ def _eval_reference(model, data, reference, data_format, taglist, image_root, ru
             click.echo(f"warning: {len(unmatched)} of {total} image(s) of {data} have no answer in {reference} and were "
                        f"not scored (e.g. {unmatched[0]}); images are matched by path", err=True)
 
-    runs = []
-    if images:
-        bar = progress_bar(len(images) * (1 if ref_spec is None else 2))
-        try:
-            for s, option in ([(ref_spec, "--reference")] if ref_spec is not None else []) + [(spec, None)]:
-                runs.append(run_model(s, images, device=device, threads=threads, compute_precision=compute_precision,
-                                      batch_size=batch_size, bar=bar, option=option))
-        finally:
-            bar.close()
-    bad: dict[int, str] = {}
-    for run in runs:
-        for i, error in run.errors.items():
-            bad.setdefault(i, error)
-    failed = [(images[i], bad[i]) for i in sorted(bad)] + failed
-    ok = [i for i in range(len(images)) if i not in bad]
+    models = ([(ref_spec, "--reference")] if ref_spec is not None else []) + [(spec, None)]
+    runs, failed, ok = run_models(models, images, failed, device=device, threads=threads, compute_precision=compute_precision,
+                                  batch_size=batch_size)
     if not ok:
         first = failed[0][1] if failed else "no images"
         raise CompareError(f"all {total} image(s) of {data} failed, nothing to score (first: {first}); check the image "
