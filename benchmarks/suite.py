@@ -583,11 +583,17 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def machine_name(cpu: dict[str, Any]) -> str:
-    """'zen3-2c' style: the CPU family (from its flags) and core count, for report file names."""
+    """'avx512-vnni-2c' style: the CPU family (from its flags) and core count, for report file names; an Intel CPU
+    is named as such and AMX is named where present, so that reports of different CPU kinds never share a name (and
+    a rerun is compared only with a run on the same kind)."""
     flags = set(cpu.get("features") or [])
     kind = "avx512" if any(f.startswith("avx512") for f in flags) else ("avx2" if "avx2" in flags else "cpu")
     if cpu.get("vnni"):
         kind += "-vnni"
+    if "amx_int8" in flags:
+        kind += "-amx"
+    if "intel" in str(cpu.get("model", "")).lower():
+        kind = "intel-" + kind
     return f"{kind}-{cpu.get('cores')}c"
 
 

@@ -250,3 +250,15 @@ def test_targets_are_the_suite_files_data():
                         ({"cold_start": 1}, "unknown field")):
         with pytest.raises(ConfigError, match=needle):
             SuiteConfig(name="x", models=[{"name": "m", "source": "default"}], targets=bad)
+        with pytest.raises(ConfigError, match=needle):
+            SuiteConfig(name="x", models=[{"name": "m", "source": "default"}], targets=bad)
+
+
+def test_report_names_tell_cpu_kinds_apart():
+    from ram_edge.benchmarks.suite import machine_name
+
+    zen5 = {"model": "AMD EPYC 9R45 (Zen 5)", "cores": 2, "features": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"], "vnni": True}
+    xeon = {"model": "Intel(R) Xeon(R) Processor", "cores": 2, "vnni": True,
+            "features": ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16"]}
+    zen3 = {"model": "AMD EPYC 7B13", "cores": 2, "features": ["avx2"], "vnni": False}
+    assert [machine_name(c) for c in (zen5, xeon, zen3)] == ["avx512-vnni-2c", "intel-avx512-vnni-amx-2c", "avx2-2c"]
