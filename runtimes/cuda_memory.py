@@ -320,7 +320,7 @@ BACKENDS: dict[str, tuple[Callable[[], bool], Callable[[int], CudaMemory]]] = {
     "cuda-python": (_has_cuda_python, CudaPythonMemory),
 }
 
-INSTALL_HINT = ("install cuda-python (`pip install 'cuda-python>=12.6,<13'`, a wheel; `cuda-python>=13` for a CUDA 13 driver) "
+INSTALL_HINT = ("install cuda-python (`pip install 'cuda-python>=12.6,<13'`, a wheel that runs on CUDA 12 and 13 drivers) "
                 "or pycuda (`pip install pycuda`, which compiles against the local CUDA: on a Jetson put /usr/local/cuda/bin on PATH first)")
 
 
