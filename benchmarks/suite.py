@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ram_edge.config import config_from_dict
 from ram_edge.errors import ConfigError, RamEdgeError
 from ram_edge.fileio import atomic_file, check_writable
 
@@ -93,7 +94,7 @@ class SuiteModel:
 
     def __post_init__(self) -> None:
         if self.targets is not None and not isinstance(self.targets, SuiteTargets):
-            self.targets = _from_mapping(SuiteTargets, self.targets, f"suite model {self.name} targets")
+            self.targets = config_from_dict(SuiteTargets, self.targets, f"suite model {self.name} targets")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(self.name)):
             raise ConfigError(f"suite model name {self.name!r}: use letters, digits, '.', '_' or '-'")
         for t in self.tags:
@@ -121,8 +122,8 @@ class SuiteConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.targets, SuiteTargets):
-            self.targets = _from_mapping(SuiteTargets, {} if self.targets is None else self.targets, "suite targets")
-        self.models = [m if isinstance(m, SuiteModel) else _from_mapping(SuiteModel, m, "suite model") for m in self.models]
+            self.targets = config_from_dict(SuiteTargets, {} if self.targets is None else self.targets, "suite targets")
+        self.models = [m if isinstance(m, SuiteModel) else config_from_dict(SuiteModel, m, "suite model") for m in self.models]
         if not self.models:
             raise ConfigError("suite: give at least one model")
         unknown = [r for r in self.runtimes if r not in RUNTIME_FORMATS]
@@ -139,9 +140,9 @@ class SuiteConfig:
     @classmethod
     def load(cls, path: str | Path) -> "SuiteConfig":
         """Read a YAML or JSON suite file."""
-        from ram_edge.config import read_mapping_file
+        from ram_edge.config import read_mapping_file, config_from_dict
 
-        return _from_mapping(cls, read_mapping_file(path, ConfigError, "benchmark suite"), f"suite {path}")
+        return config_from_dict(cls, read_mapping_file(path, ConfigError, "benchmark suite"), f"suite {path}")
 
 
 def suite_path(text: str) -> Path:
@@ -154,12 +155,6 @@ def suite_path(text: str) -> Path:
         return SUITES_DIR / f"{text}.yaml"
     raise ConfigError(f"suite {text!r}: no such file and no shipped suite of that name; give a suite file or one of: "
                       f"{', '.join(shipped)}")
-
-
-def _from_mapping(cls, data: Any, where: str):
-    from ram_edge.config import _from_dict
-
-    return _from_dict(cls, data, where)
 
 
 @dataclass

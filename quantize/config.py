@@ -84,9 +84,9 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.qat, dict):
-            from ram_edge.config import _from_dict
+            from ram_edge.config import config_from_dict
 
-            self.qat = _from_dict(QATConfig, self.qat, "quantization config qat")
+            self.qat = config_from_dict(QATConfig, self.qat, "quantization config qat")
         if self.method not in METHODS:
             raise QuantizeError(f"quantization method {self.method!r} is unknown; valid: {', '.join(METHODS)}")
         if not isinstance(self.calib_size, int) or self.calib_size < 1:
@@ -108,9 +108,9 @@ class QuantizeConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantizeConfig":
         """Build from a mapping, rejecting unknown keys."""
-        from ram_edge.config import _from_dict
+        from ram_edge.config import config_from_dict
 
-        return _from_dict(cls, data, "quantization config")
+        return config_from_dict(cls, data, "quantization config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "QuantizeConfig":

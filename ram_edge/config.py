@@ -13,10 +13,12 @@ from .errors import ConfigError
 FAMILIES = ("ram", "ram_plus")
 
 
-def _from_dict(cls, data: dict[str, Any], where: str):
-    """Build dataclass `cls` from `data`, rejecting unknown keys with a clear message."""
+def config_from_dict(cls, data: Any, where: str, *, nested: dict[str, type] | None = None, tuples: tuple[str, ...] = ()):
+    """Build config dataclass `cls` from a mapping read from JSON or YAML: unknown keys and wrongly typed simple fields
+    are ConfigErrors naming `where`; `nested` fields given as mappings are built the same way, `tuples` fields given
+    as lists become tuples. Every config dataclass of ram-edge is read through this one function."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping (a JSON object), got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -26,8 +28,14 @@ def _from_dict(cls, data: dict[str, Any], where: str):
         value = data.get(f.name)
         if f.name in data and expected and not (isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)):
             raise ConfigError(f"{where}: field {f.name!r} must be {str(f.type)}, got {value!r}")
+    values = dict(data)
+    for key, value in data.items():
+        if nested and key in nested and isinstance(value, dict):
+            values[key] = config_from_dict(nested[key], value, f"{where}.{key}")
+        elif key in tuples and isinstance(value, list):
+            values[key] = tuple(value)
     try:
-        return cls(**data)
+        return cls(**values)
     except (TypeError, ValueError) as exc:  # a wrong type (ValueError: int("deep") in a conversion)
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -62,7 +70,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
         """Build from a JSON object."""
-        return _from_dict(cls, data, "preprocess")
+        return config_from_dict(cls, data, "preprocess")
 
 
 STEMS = ("patch", "conv", "conv_bn")
@@ -159,9 +167,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.swin, dict):
-            self.swin = _from_dict(SwinConfig, self.swin, "swin")
+            self.swin = config_from_dict(SwinConfig, self.swin, "swin")
         if isinstance(self.head, dict):
-            self.head = _from_dict(HeadConfig, self.head, "head")
+            self.head = config_from_dict(HeadConfig, self.head, "head")
         if isinstance(self.preprocess, dict):
             self.preprocess = PreprocessConfig.from_dict(self.preprocess)
         if self.family not in FAMILIES:
@@ -187,7 +195,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Build from a JSON object."""
-        return _from_dict(cls, data, "model config")
+        return config_from_dict(cls, data, "model config")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ModelConfig":

@@ -21,7 +21,6 @@ Greedy generation starts from "[DEC] a picture of" and stops at [SEP] or `max_le
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +89,9 @@ class CaptionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CaptionConfig":
         """Build from a JSON object, rejecting unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"caption: unknown field(s) {unknown}; valid fields: {sorted(names)}")
-        return cls(**data)
+        from ram_edge.config import config_from_dict
+
+        return config_from_dict(cls, data, "caption")
 
     @classmethod
     def from_med_config(cls, med: dict[str, Any], image_width: int = 512, **overrides: Any) -> "CaptionConfig":

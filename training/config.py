@@ -158,21 +158,7 @@ class TrainConfig:
 
 
 def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(fields)}")
-    kwargs = {}
-    nested = {"data": DataConfig, "eval_data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
-    for key, value in data.items():
-        if key in nested and isinstance(value, dict):
-            value = _build(nested[key], value, f"{where}.{key}")
-        elif key in ("crop_scale", "betas") and isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    from ram_edge.config import config_from_dict
+
+    return config_from_dict(cls, data, where, nested={"data": DataConfig, "eval_data": DataConfig, "optim": OptimConfig,
+                                                      "loss": LossConfig}, tuples=("crop_scale", "betas"))
