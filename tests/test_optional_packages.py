@@ -51,6 +51,7 @@ CASES = {
     "bench": (["bench", str(ASSETS / "bundle")], "ort"),
     "eval": (["eval", str(ASSETS / "checkpoint"), "data.jsonl"], "torch"),
     "convert": (["convert", "model.pth", "-o", "out", "--tags", "captions.txt"], "torch"),
+    "pull": (["pull", "ram", "-o", "out"], "torch"),
     "export": (["export", str(ASSETS / "checkpoint"), "-o", "out"], "export"),
     "train": (["train", "run.yaml"], "train"),
     "data": (["data", "scenes", "-o", "scenes", "--count", "1"], "train"),

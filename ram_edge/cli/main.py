@@ -25,6 +25,7 @@ from ..extras import missing_package_message
 COMMANDS = {
     "tag": "ram_edge.cli.tag:tag",
     "convert": "ram_edge.cli.convert:convert",
+    "pull": "ram_edge.cli.pull:pull",
     "export": "ram_edge.cli.export:export",
     "bench": "ram_edge.cli.bench:bench",
     "data": "ram_edge.cli.data:data",
