@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_cli
 from ram_edge.benchmarks.harness import matmul_roofline, run_benchmark, write_markdown_report
 from ram_edge.cli.main import cli
 from ram_edge.errors import RamEdgeError
@@ -21,7 +22,7 @@ needs_torch = pytest.mark.skipif(
 
 
 def _bench(*args):
-    return CliRunner().invoke(cli, ["bench", *map(str, args)])
+    return run_cli("bench", *args)
 
 
 def _check_result(result: dict, *, batch_size: int, iters: int) -> None:

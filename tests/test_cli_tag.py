@@ -7,17 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import GOLDEN, require_shared
+from conftest import GOLDEN, require_shared, run_cli
 
 pytest.importorskip("torch", reason="the torch extra is needed: pip install 'ram-edge[torch]'")
 
-from ram_edge.cli.main import cli  # noqa: E402
-
 
 def _invoke(*args):
-    return CliRunner().invoke(cli, ["tag", *map(str, args)])
+    return run_cli("tag", *args)
 
 
 @pytest.mark.parametrize("name", GOLDEN)

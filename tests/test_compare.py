@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import run_cli
 from ram_edge.cli.compare import parse_model_spec
-from ram_edge.cli.main import cli
 from ram_edge.compare import CompareError, common_tags, compare_fired, compare_scores
 from ram_edge.labels import LabelSet, tag_set_f1
 
@@ -133,7 +132,7 @@ def test_model_spec_runtime_suffix_and_aliases(tmp_path):
 # --- end to end on the shipped bundles --------------------------------------------------------------------------
 
 def _cli(*args):
-    return CliRunner().invoke(cli, [*map(str, args)])
+    return run_cli(*args)
 
 
 def _one_line_error(result, *fragments):

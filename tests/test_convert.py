@@ -6,13 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import require_shared
+from conftest import require_shared, run_cli
 
 torch = pytest.importorskip("torch", reason="the torch extra is needed: pip install 'ram-edge[torch]'")
-
-from ram_edge.cli.main import cli  # noqa: E402
 
 
 def _golden(name="ram_tiny"):
@@ -20,7 +17,7 @@ def _golden(name="ram_tiny"):
 
 
 def _run(args):
-    result = CliRunner().invoke(cli, ["convert", *map(str, args)])
+    result = run_cli("convert", *args)
     return result
 
 

@@ -297,6 +297,7 @@ def test_resumed_generation_equals_an_uninterrupted_run(tmp_path):
     assert not work.exists()  # without keep_work the shards go once the output is written
 
 
+@pytest.mark.slow
 def test_engine_cli_end_to_end_and_errors(tmp_path):
     data = _shapes_dataset(tmp_path / "data", count=5)
     model = _tiny_checkpoint(tmp_path / "model")

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import require_shared
+from conftest import require_shared, run_cli
 from ram_edge.errors import LabelError
 from ram_edge.training.eval_data import EvalSet, detect_format, find_taglist, load_evalset, read_jsonl, read_official
 
@@ -158,9 +157,7 @@ def _golden_jsonl(tmp_path, extra=()):
 
 
 def _eval(*args):
-    from ram_edge.cli.main import cli
-
-    return CliRunner().invoke(cli, ["eval", *map(str, args)])
+    return run_cli("eval", *args)
 
 
 def test_eval_cli_on_own_outputs_is_perfect(converted_golden, tmp_path):

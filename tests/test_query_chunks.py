@@ -83,31 +83,16 @@ def test_a_graph_that_names_the_tag_count_elsewhere_is_left_as_it_was():
     assert model.SerializeToString() == before
 
 
-def _micro_checkpoint(root: Path, family: str) -> Path:
-    from ram_edge.config import ModelConfig
-    from ram_edge.labels import LabelSet
-    from ram_edge.models.checkpoint import save_checkpoint
-    from ram_edge.models.ram import build_model
-
-    torch.manual_seed(0)
-    classes = 40
-    config = ModelConfig.from_dict({
-        "family": family, **({"des_per_class": 8} if family == "ram_plus" else {}),
-        "swin": {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4},
-        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2},
-        "num_classes": classes, "embed_dim": 32, "label_embed_dim": 32, "preprocess": {"image_size": 32},
-    })
-    model = build_model(config).eval()
-    with torch.no_grad():  # unit-norm rows, as the text encoder writes them
-        model.label_embed.copy_(torch.nn.functional.normalize(torch.randn_like(model.label_embed), dim=-1))
-    return save_checkpoint(model, LabelSet([f"tag{i}" for i in range(classes)], None, np.full(classes, 0.5, np.float32)), root / family)
+def _micro_checkpoint(make, family: str) -> Path:
+    """A micro RAM of 40 tags with unit-norm label queries, as the text encoder writes them."""
+    return make(family, tags=40, des_per_class=8, unit_queries=True)
 
 
 @pytest.mark.parametrize("family", ["ram", "ram_plus"])
-def test_exported_bundles_of_many_tags_are_chunked_and_answer_as_before(tmp_path, monkeypatch, family):
+def test_exported_bundles_of_many_tags_are_chunked_and_answer_as_before(micro_checkpoint_factory, tmp_path, monkeypatch, family):
     from ram_edge import Tagger
 
-    checkpoint = _micro_checkpoint(tmp_path, family)
+    checkpoint = _micro_checkpoint(micro_checkpoint_factory, family)
     runner = CliRunner()
     whole = tmp_path / "whole"
     assert runner.invoke(cli, ["export", str(checkpoint), "-o", str(whole), "--format", "onnx"]).exit_code == 0
@@ -125,12 +110,13 @@ def test_exported_bundles_of_many_tags_are_chunked_and_answer_as_before(tmp_path
                                atol=1e-6)
 
 
-def test_int8_ram_plus_bundle_of_many_tags_is_chunked_with_8_bit_descriptions(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_int8_ram_plus_bundle_of_many_tags_is_chunked_with_8_bit_descriptions(micro_checkpoint_factory, tmp_path, monkeypatch):
     from PIL import Image
 
     from ram_edge import Tagger
 
-    checkpoint = _micro_checkpoint(tmp_path, "ram_plus")
+    checkpoint = _micro_checkpoint(micro_checkpoint_factory, "ram_plus")
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(3)

@@ -25,24 +25,9 @@ from ram_edge.export.swin_chunks import chunk_swin_stages  # noqa: E402
 CHUNK_BYTES = 3000
 
 
-def _micro_checkpoint(root: Path, image_size: int = 32) -> Path:
-    from ram_edge.config import ModelConfig
-    from ram_edge.labels import LabelSet
-    from ram_edge.models.checkpoint import save_checkpoint
-    from ram_edge.models.ram import build_model
-
-    torch.manual_seed(0)
-    classes = 12
-    config = ModelConfig.from_dict({
-        "family": "ram",
-        "swin": {"image_size": image_size, "patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2], "window_size": 4},
-        "head": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 1},
-        "num_classes": classes, "embed_dim": 32, "label_embed_dim": 32, "preprocess": {"image_size": image_size},
-    })
-    model = build_model(config).eval()
-    with torch.no_grad():
-        model.label_embed.copy_(torch.nn.functional.normalize(torch.randn_like(model.label_embed), dim=-1))
-    return save_checkpoint(model, LabelSet([f"tag{i}" for i in range(classes)], None, np.full(classes, 0.5, np.float32)), root / "micro")
+def _micro_checkpoint(make, image_size: int = 32) -> Path:
+    """A micro RAM of 12 tags, two blocks a stage (the second shifted), a one-layer decoder, unit-norm label queries."""
+    return make(image_size=image_size, tags=12, depths=(2, 2), decoder_layers=1, unit_queries=True)
 
 
 def _export(checkpoint: Path, out: Path, *args: str) -> dict:
@@ -61,8 +46,8 @@ def _names(bundle: Path) -> list[str]:
     return [n.name for n in onnx.load(str(bundle / "model.onnx")).graph.node]
 
 
-def test_fp32_bundle_runs_its_first_stages_in_chunks_with_the_same_answers(tmp_path, monkeypatch):
-    checkpoint = _micro_checkpoint(tmp_path)
+def test_fp32_bundle_runs_its_first_stages_in_chunks_with_the_same_answers(micro_checkpoint_factory, tmp_path, monkeypatch):
+    checkpoint = _micro_checkpoint(micro_checkpoint_factory)
     whole = tmp_path / "whole"
     _export(checkpoint, whole)
     assert not any("__tokens" in n or "__windows" in n for n in _names(whole))  # a micro model is under the default size
@@ -89,10 +74,10 @@ def test_fp32_bundle_runs_its_first_stages_in_chunks_with_the_same_answers(tmp_p
     np.testing.assert_allclose(_probs(chunked, batch), _probs(whole, batch), atol=1e-6)
 
 
-def test_a_part_read_from_outside_or_varying_along_its_tokens_is_left_whole(tmp_path):
+def test_a_part_read_from_outside_or_varying_along_its_tokens_is_left_whole(micro_checkpoint_factory, tmp_path):
     from onnx import helper, numpy_helper
 
-    checkpoint = _micro_checkpoint(tmp_path)
+    checkpoint = _micro_checkpoint(micro_checkpoint_factory)
     whole = tmp_path / "whole"
     _export(checkpoint, whole)
     model = onnx.load(str(whole / "model.onnx"))
@@ -119,10 +104,11 @@ def test_a_part_read_from_outside_or_varying_along_its_tokens_is_left_whole(tmp_
     assert any(n.startswith("/visual_encoder/layers.0/blocks.0/attn/__windows") for n in names)
 
 
-def test_int8_bundle_in_chunks_keeps_every_product_in_onnxruntime_int8_kernels(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_int8_bundle_in_chunks_keeps_every_product_in_onnxruntime_int8_kernels(micro_checkpoint_factory, tmp_path, monkeypatch):
     from PIL import Image
 
-    checkpoint = _micro_checkpoint(tmp_path)
+    checkpoint = _micro_checkpoint(micro_checkpoint_factory)
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(3)

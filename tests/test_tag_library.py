@@ -12,10 +12,9 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from ram_edge.cli.main import cli
+from conftest import run_cli
 from ram_edge.default_model import PACKAGE_DIR
 from ram_edge.tag_output import NpyRowWriter, OutputFileError, ResultsFile
 
@@ -32,7 +31,7 @@ def _library(root, count: int):
 
 
 def _tag(*args):
-    return CliRunner().invoke(cli, ["tag", *map(str, args)])
+    return run_cli("tag", *args)
 
 
 def _records(path) -> dict[str, dict]:
@@ -180,6 +179,7 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_finishes_it(tmp_path, tiny_disk):
     library = _library(tmp_path / "photos", 300)
     out = tiny_disk / "tags.jsonl"

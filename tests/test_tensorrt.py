@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 import cuda_double
 import trt_double
+from conftest import run_cli
 from ram_edge.bundle import read_bundle, write_manifest
 from ram_edge.cli.main import cli
 from ram_edge.default_model import default_model_path
@@ -73,10 +74,6 @@ def fp16_engine(double, fp32_bundle, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trt") / "fp16"
     build_trt_bundle(fp32_bundle, out, TrtBuildOptions(precision="fp16", max_batch=4, opt_batch=2), progress=False)
     return out
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def _images(n: int) -> list[Path]:
@@ -330,7 +327,7 @@ def test_foreign_engine_refused_with_rebuild_command(double, fp16_engine, tmp_pa
     command = str(caught.value).rsplit("ONNX kept in the bundle: ", 1)[1]
     args = shlex.split(command)
     assert args[:2] == ["ram-edge", "export"]
-    result = _run(*args[1:])  # the command it gives rebuilds the engine in place, from the bundle alone
+    result = run_cli(*args[1:])  # the command it gives rebuilds the engine in place, from the bundle alone
     assert result.exit_code == 0, result.output
     with TensorRTRuntime(bundle) as runtime:
         assert runtime.max_batch == 4 and runtime.run(np.zeros((1, 3, 160, 160), np.float32)).shape == (1, 359)
@@ -341,20 +338,20 @@ def test_foreign_engine_refused_with_rebuild_command(double, fp16_engine, tmp_pa
 
 def test_cli_export_tag_and_bench_trt(double, fp32_bundle, tmp_path):
     out = tmp_path / "engine"
-    result = _run("export", fp32_bundle, "--format", "trt", "-o", out, "--max-batch", "2")
+    result = run_cli("export", fp32_bundle, "--format", "trt", "-o", out, "--max-batch", "2")
     assert result.exit_code == 0, result.output
     assert "TensorRT" in result.output and "fp16 engine" in result.output and "batch 1..2" in result.output
     image = _images(1)[0]
-    tags = _run("tag", "--model", out, "--runtime", "trt", "--json", image)
-    reference = _run("tag", "--model", fp32_bundle, "--runtime", "ort", "--json", image)
+    tags = run_cli("tag", "--model", out, "--runtime", "trt", "--json", image)
+    reference = run_cli("tag", "--model", fp32_bundle, "--runtime", "ort", "--json", image)
     assert tags.exit_code == 0, tags.output
     assert json.loads(tags.output.splitlines()[0])["tags"] == json.loads(reference.output.splitlines()[0])["tags"]
-    bench = _run("bench", out, "--runtime", "trt", "--batch-size", "3", "--iters", "2", "--warmup", "0", "--json")
+    bench = run_cli("bench", out, "--runtime", "trt", "--batch-size", "3", "--iters", "2", "--warmup", "0", "--json")
     assert bench.exit_code == 0, bench.output
     row = json.loads(bench.output.splitlines()[-1])
     assert row["runtime"] == "trt" and row["format"] == "trt" and row["precision"] == "fp16" and row["num_tags"] == 359
     assert row["model_size_mb"] == pytest.approx((out / "model.engine").stat().st_size / 2**20)
-    again = _run("export", fp32_bundle, "--format", "trt", "-o", out)
+    again = run_cli("export", fp32_bundle, "--format", "trt", "-o", out)
     assert again.exit_code != 0 and "exists" in again.output
 
 
@@ -365,7 +362,7 @@ def test_cli_export_tag_and_bench_trt(double, fp32_bundle, tmp_path):
     (["--format", "trt", "--precision", "int8"], "INT8 Q/DQ ONNX"),
 ])
 def test_cli_export_trt_usage_errors(double, fp32_bundle, tmp_path, args, needle):
-    result = _run("export", fp32_bundle, "-o", tmp_path / "out", *args)
+    result = run_cli("export", fp32_bundle, "-o", tmp_path / "out", *args)
     assert result.exit_code != 0 and needle in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
@@ -374,11 +371,11 @@ def test_cli_export_trt_usage_errors(double, fp32_bundle, tmp_path, args, needle
 def test_cli_export_trt_from_checkpoint(double, tmp_path):
     pytest.importorskip("torch", reason="exporting a checkpoint needs torch: pip install 'ram-edge[export]'")
     checkpoint = default_model_path("checkpoint")
-    result = _run("export", checkpoint, "--format", "trt", "-o", tmp_path / "engine", "--max-batch", "1", "--tags", "cat,dog")
+    result = run_cli("export", checkpoint, "--format", "trt", "-o", tmp_path / "engine", "--max-batch", "1", "--tags", "cat,dog")
     assert result.exit_code == 0, result.output
     bundle = read_bundle(tmp_path / "engine")
     assert sorted(bundle.labels.tags) == ["cat", "dog"] and bundle.manifest["source_bundle"]["precision"] == "fp32"
-    result = _run("export", checkpoint, "--format", "trt", "-o", tmp_path / "int8", "--precision", "int8")
+    result = run_cli("export", checkpoint, "--format", "trt", "-o", tmp_path / "int8", "--precision", "int8")
     assert result.exit_code != 0 and "--calib" in result.output and not (tmp_path / "int8").exists()
 
 
@@ -760,7 +757,7 @@ def test_tensorrt_path_end_to_end_never_imports_torch_nncf_or_onnx(fp32_bundle, 
     image = _images(1)[0]
     proc, loaded = _cli_without(["tag", "--model", engine, "--json", image], HIDDEN, tmp_path, tensorrt_double=True)
     assert proc.returncode == 0, proc.stderr
-    reference = _run("tag", "--model", fp32_bundle, "--runtime", "ort", "--json", image)
+    reference = run_cli("tag", "--model", fp32_bundle, "--runtime", "ort", "--json", image)
     assert json.loads(proc.stdout.splitlines()[0])["tags"] == json.loads(reference.output.splitlines()[0])["tags"]
     assert loaded == []
     proc, loaded = _cli_without(["bench", engine, "--runtime", "trt", "--iters", "2", "--warmup", "0", "--json"], HIDDEN, tmp_path,

@@ -126,6 +126,7 @@ def test_tiny_ram_learns_and_skips_broken_images(tmp_path):
     assert tagger.scores([str(data / "images" / "0000.png")]).shape == (1, len(TAGS))
 
 
+@pytest.mark.slow
 def test_bad_annotation_rows_are_refused_before_training(tmp_path):
     """Rows that are not UTF-8, not objects or have mistyped fields fail with the file and line, before any step."""
     data = make_dataset(tmp_path / "data", 12, seed=2)
@@ -192,6 +193,7 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     assert log[-1]["step"] == 4
 
 
+@pytest.mark.slow
 def test_data_whose_images_cannot_be_read_stops_instead_of_spinning(tmp_path):
     """A wrong image root made every sample unreadable: the run looped over skipped batches for ever."""
     import json
@@ -332,6 +334,7 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_resume_command(tmp_path):
     assert line.endswith(f"resume with: ram-edge train {cfg_path} --steps 100000"), line
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_dir_is_refused_while_the_first_goes_on(tmp_path):
     """Two runs resuming from the same checkpoints would overwrite each other's: the second fails at once, naming the
     first, and the first is not disturbed."""

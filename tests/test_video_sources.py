@@ -320,6 +320,7 @@ def test_videoflip_directions_are_the_numpy_flips(tmp_path):
         assert np.array_equal(render(flip).reshape(ours.shape), ours), flip
 
 
+@pytest.mark.slow
 def test_rtp_pipeline_decodes_a_real_h264_stream():
     _gst_elements("udpsrc", "udpsink", "x264enc", "rtph264pay", "rtph264depay", "h264parse", "avdec_h264", "videoflip",
                   "videoscale", "videorate")

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 cv2 = pytest.importorskip("cv2", reason="the video extra is needed: pip install 'ram-edge[video]'")
 pytest.importorskip("onnxruntime", reason="the ort extra is needed: pip install 'ram-edge[ort]'")
 
 from PIL import Image  # noqa: E402
 
+from conftest import run_cli  # noqa: E402
 from ram_edge import Tagger  # noqa: E402
-from ram_edge.cli.main import cli  # noqa: E402
 from ram_edge.default_model import default_model_path  # noqa: E402
 from ram_edge.errors import ImageError, StreamError  # noqa: E402
 from ram_edge.stream import FrameReader, parse_source  # noqa: E402
@@ -70,12 +69,8 @@ def decoded_frames(path: Path) -> list[np.ndarray]:
     return frames
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def test_watch_every_n_frames_gives_the_scene_tags(video, tagger):
-    result = _run("watch", video, "--every", REPEAT, "--json")
+    result = run_cli("watch", video, "--every", REPEAT, "--json")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["frame"] for r in rows] == list(range(0, len(SCENES) * REPEAT, REPEAT))
@@ -223,7 +218,7 @@ def test_tag_pixels_reads_a_buffer_without_copying(tagger):
 
 def test_file_uri_and_input_flip_tag_the_flipped_frames(video, tagger):
     frames = decoded_frames(video)
-    result = _run("watch", f"file://{video}", "--every", REPEAT, "--json", "--input-flip", "rotate-180")
+    result = run_cli("watch", f"file://{video}", "--every", REPEAT, "--json", "--input-flip", "rotate-180")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == len(SCENES)
@@ -271,14 +266,14 @@ def test_events_are_the_frames_where_the_tag_set_changes(video, tagger):
 
 
 def test_watch_events_json_and_human(video):
-    result = _run("watch", video, "--events", "--json", "--smooth", 2, "--hysteresis", 0.05)
+    result = run_cli("watch", video, "--events", "--json", "--smooth", 2, "--hysteresis", 0.05)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert rows and all(list(r) == ["frame", "time", "added", "removed", "tags"] for r in rows)
     assert all(r["added"] or r["removed"] for r in rows) and len(rows) < 18
     assert [r["frame"] for r in rows] == sorted(r["frame"] for r in rows)
     assert "18 frame(s) read, 18 tagged" in result.stderr
-    human = _run("watch", video, "--events", "--smooth", 2, "--hysteresis", 0.05)
+    human = run_cli("watch", video, "--events", "--smooth", 2, "--hysteresis", 0.05)
     assert human.exit_code == 0 and len(human.stdout.splitlines()) == len(rows)
     for line, row in zip(human.stdout.splitlines(), rows):  # frame 3 (0.30 s): +bell, +chicken, -fallen leaf | bell 0.93, ...
         change = ", ".join([*(f"+{n}" for n in row["added"]), *(f"-{n}" for n in row["removed"])])
@@ -293,6 +288,6 @@ def test_watch_events_json_and_human(video):
     (["--input-codec", "h264"], "--input-codec applies to rtp://"),
 ])
 def test_watch_refuses_bad_stream_options_in_one_line(video, args, needle):
-    result = _run("watch", video, *args)
+    result = run_cli("watch", video, *args)
     assert result.exit_code == 2 and needle in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
