@@ -31,10 +31,9 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from ram_edge.fileio import atomic_file
 
 from . import harness
-from .harness import CliFailed, git_commit, map_on_tag_names, markdown_table, run_cli, step_error
+from .harness import CliFailed, git_commit, map_on_tag_names, markdown_table, run_cli, step_error, write_report_files
 
 # Only a source checkout has one: its commit goes into the report.
 REPO = Path(__file__).resolve().parents[1]
@@ -365,11 +364,7 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         *markdown_table(result.get("speed", []), ["model", "runtime", "batch", "ms_per_batch", "ms_per_image", "img_s",
                                                   "speedup_vs_torch_fp16", "load_s", "engine_mb", "error"]), "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "w") as fh:
-        fh.write("\n".join(lines))
-    with atomic_file(path.with_suffix(".json"), "w") as fh:
-        json.dump(result, fh, indent=1, default=str)
+    write_report_files(path, "\n".join(lines), result)
 
 
 def main(argv: list[str] | None = None) -> int:

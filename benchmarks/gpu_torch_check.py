@@ -38,10 +38,9 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from ram_edge.fileio import atomic_file
 
 from . import harness
-from .harness import git_commit, markdown_table, step_error
+from .harness import git_commit, markdown_table, step_error, write_report_files
 
 # Only a source checkout has one: its commit goes into the report.
 REPO = Path(__file__).resolve().parents[1]
@@ -782,11 +781,7 @@ def render(result: dict[str, Any]) -> str:
 
 def write_report(path: Path, result: dict[str, Any]) -> None:
     """The markdown report at `path` and the JSON beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "w") as fh:
-        fh.write(render(result))
-    with atomic_file(path.with_suffix(".json"), "w") as fh:
-        json.dump(result, fh, indent=1, default=str)
+    write_report_files(path, render(result), result)
 
 
 # ---------------------------------------------------------------------------------------------

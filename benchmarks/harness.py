@@ -283,6 +283,18 @@ def git_commit(repo: str | Path) -> str | None:
     return head.stdout.strip() + (" + local changes" if dirty.stdout.strip() else "")
 
 
+def write_report_files(path: str | Path, text: str, result: dict[str, Any]) -> None:
+    """A markdown report at `path` and its data as JSON beside it (`.json`), each written atomically."""
+    from ram_edge.fileio import atomic_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
+    with atomic_file(path.with_suffix(".json"), "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+
+
 def markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
     """`rows` as markdown table lines, one column per key (missing values as "–", numbers as in the bench reports)."""
     lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]

@@ -178,11 +178,18 @@ def _requantize_weight(graph: _Graph, node, report: QdqReport) -> None:
     report.weight_tensors += 1
 
 
+def _set_qparams(node, names: tuple[str, str]) -> None:
+    """Point a Q/DQ node's scale and zero point inputs at `names` (adding the optional zero point input)."""
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[1], node.input[2] = names
+
+
 def to_symmetric_int8(model) -> tuple[Any, QdqReport]:
     """Rewrite `model` (an onnx ModelProto, changed in place) so every Q/DQ is symmetric int8; returns it and a report."""
     graph = _Graph(model)
     report = QdqReport()
-    done: set[str] = set()
+    rewritten: dict[str, tuple[str, str]] = {}  # QuantizeLinear output -> its new (scale, zero point) names
     for node in list(graph.graph.node):
         if node.op_type != "QuantizeLinear":
             continue
@@ -192,31 +199,21 @@ def to_symmetric_int8(model) -> tuple[Any, QdqReport]:
             raise ExportError(f"QuantizeLinear {node.name!r}: its scale or zero point is not a constant; it cannot be converted")
         if kind not in _RANGES:
             raise ExportError(f"QuantizeLinear {node.name!r}: {_NAMES.get(kind, kind)} quantization cannot be converted to int8")
-        pairs = [c for c in graph.consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"]
         if kind == _INT8 and not np.any(zp != 0):
             report.already_symmetric += 1
-            done.update(c.output[0] for c in pairs)
             continue
         new_scale = _symmetric(scale.astype(np.float64), zp, kind)
-        scale_name = graph.add(f"{node.name}_trt_scale", new_scale)
-        zero_name = graph.add(f"{node.name}_trt_zero_point", np.zeros(zp.shape, np.int8))
-        for target in (node, *pairs):
-            while len(target.input) < 3:
-                target.input.append("")
-            target.input[1], target.input[2] = scale_name, zero_name
-            done.add(target.output[0])
+        names = (graph.add(f"{node.name}_trt_scale", new_scale), graph.add(f"{node.name}_trt_zero_point", np.zeros(zp.shape, np.int8)))
+        _set_qparams(node, names)
+        rewritten[node.output[0]] = names
         report.activation_quantizers += 1
         report.scale_growth.extend((new_scale / np.maximum(scale, 1e-30)).astype(float).ravel().tolist())
-    rewritten = {n.output[0]: (n.input[1], n.input[2]) for n in graph.graph.node
-                 if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2].endswith("_trt_zero_point")}
     for node in list(graph.graph.node):
-        if node.op_type != "DequantizeLinear" or node.output[0] in done:
+        if node.op_type != "DequantizeLinear":
             continue
-        source = _source_quantize(graph, node.input[0])
-        if source is not None and source.output[0] in rewritten:  # Q -> Transpose/Reshape/... -> DQ
-            while len(node.input) < 3:
-                node.input.append("")
-            node.input[1], node.input[2] = rewritten[source.output[0]]
+        source = _source_quantize(graph, node.input[0])  # Q -> DQ, or Q -> Transpose/Reshape/... -> DQ
+        if source is not None and source.output[0] in rewritten:
+            _set_qparams(node, rewritten[source.output[0]])
             continue
         kind, zp = _zero_point(graph, node)
         if kind == _INT8 and zp is not None and not np.any(zp != 0):

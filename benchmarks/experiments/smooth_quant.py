@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ram_edge.fileio import atomic_file
 
-from ram_edge.benchmarks.harness import cpu_features, git_commit, log, map_on_tag_names, markdown_table, run_cli
+from ram_edge.benchmarks.harness import (
+    cpu_features, git_commit, log, map_on_tag_names, markdown_table, run_cli, write_report_files,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # name -> quantization config overrides (quantize/config.py); the first is NNCF's default for transformers.
@@ -176,10 +177,7 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         f"Default: **{result['best']}** ({result['why']}).",
         "",
     ]
-    with atomic_file(path, "w") as fh:
-        fh.write("\n".join(lines))
-    with atomic_file(path.with_suffix(".json"), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_report_files(path, "\n".join(lines), result)
 
 
 def main(argv: list[str] | None = None) -> None:

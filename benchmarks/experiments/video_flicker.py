@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ram_edge.fileio import atomic_file
 
-from ram_edge.benchmarks.harness import cpu_features
+from ram_edge.benchmarks.harness import cpu_features, write_report_files
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "ram_edge" / "assets" / "default_model" / "examples"
@@ -198,10 +196,7 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
         "tags with the tags of the clean scene image (plain thresholds), a check that steadier tags are still the "
         "scene's tags. Per-scene delays are in the JSON beside this file.",
     ]
-    with atomic_file(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    with atomic_file(path.with_suffix(".json"), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_report_files(path, "\n".join(lines) + "\n", result)
 
 
 def main(argv: list[str] | None = None) -> None:
